@@ -1,0 +1,1 @@
+"""Experiment configs: one file per (method, dataset), each with get_config(arg)."""

@@ -1,0 +1,199 @@
+"""DenseNet-BC (torchvision layout) with named feature taps.
+
+The parameter tree mirrors torchvision: ``features/conv0``, ``features/norm0``,
+``features/denseblock{b}/denselayer{l}/{norm1,conv1,norm2,conv2}``,
+``features/transition{t}/{norm,conv}``, ``features/norm5``, ``classifier``.
+
+Taps: ``block4_prenorm`` (raw output of the last dense block, before ``norm5``; CIPL),
+``final_relu`` (ReLU(norm5(...)); X-MIR's explanation layer), ``pooled`` (global average of
+``final_relu``, torchvision's classifier input), ``logits`` (``classifier``, needs ``with_head``).
+``norm5`` always runs, so its running statistics update in train mode even when only
+``block4_prenorm`` is used (cipl.md §1.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxproto.backbones.layers import (
+    BatchNorm,
+    Dtype,
+    check_taps,
+    global_avg_pool,
+    kaiming_normal_fan_in,
+    max_pool_3x3_s2,
+    select_taps,
+    torch_default_kernel,
+)
+
+TAPS = ("block4_prenorm", "final_relu", "pooled", "logits")
+
+CONFIGS: dict[str, dict] = {
+    "densenet121": {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64},
+    "densenet169": {"growth_rate": 32, "block_config": (6, 12, 32, 32), "num_init_features": 64},
+    "densenet_tiny": {"growth_rate": 8, "block_config": (2, 2, 2, 2), "num_init_features": 16},
+}
+
+
+def tap_info(
+    growth_rate: int,
+    block_config: Sequence[int],
+    num_init_features: int,
+    num_classes: int = 1000,
+) -> dict[str, tuple[int, int]]:
+    """(channels, stride) of every tap (stride 0 for vectors)."""
+    ch = num_init_features
+    for i, n in enumerate(block_config):
+        ch += n * growth_rate
+        if i != len(block_config) - 1:
+            ch //= 2
+    stride = 4 * 2 ** (len(block_config) - 1)
+    return {
+        "block4_prenorm": (ch, stride),
+        "final_relu": (ch, stride),
+        "pooled": (ch, 0),
+        "logits": (num_classes, 0),
+    }
+
+
+def _conv(features: int, k: int, dtype: Dtype, name: str, stride: int = 1) -> nn.Conv:
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(stride, stride),
+        padding=((k // 2, k // 2), (k // 2, k // 2)),
+        use_bias=False,
+        kernel_init=kaiming_normal_fan_in,
+        dtype=dtype,
+        name=name,
+    )
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-Conv1x1(bn_size*growth)-BN-ReLU-Conv3x3(growth); returns only the new features."""
+
+    growth_rate: int
+    bn_size: int
+    bn_running_var: str
+    dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn_kw = {"running_var": self.bn_running_var, "dtype": self.dtype}
+        y = nn.relu(BatchNorm(**bn_kw, name="norm1")(x, train))
+        y = _conv(self.bn_size * self.growth_rate, 1, self.dtype, "conv1")(y)
+        y = nn.relu(BatchNorm(**bn_kw, name="norm2")(y, train))
+        return _conv(self.growth_rate, 3, self.dtype, "conv2")(y)
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` dense layers; each sees the concatenation [input, new_1, ..., new_{l-1}]."""
+
+    num_layers: int
+    growth_rate: int
+    bn_size: int
+    bn_running_var: str
+    dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for i in range(self.num_layers):
+            y = DenseLayer(
+                self.growth_rate,
+                self.bn_size,
+                self.bn_running_var,
+                self.dtype,
+                name=f"denselayer{i + 1}",
+            )(x, train)
+            x = jnp.concatenate([x, y], axis=-1)
+        return x
+
+
+class Transition(nn.Module):
+    """BN-ReLU-Conv1x1(out)-AvgPool 2x2/2."""
+
+    out_features: int
+    bn_running_var: str
+    dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = BatchNorm(running_var=self.bn_running_var, dtype=self.dtype, name="norm")(x, train)
+        x = _conv(self.out_features, 1, self.dtype, "conv")(nn.relu(x))
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class DenseNetFeatures(nn.Module):
+    """torchvision's ``features`` Sequential; returns (last dense block output, norm5 output)."""
+
+    growth_rate: int
+    block_config: Sequence[int]
+    num_init_features: int
+    bn_size: int
+    bn_running_var: str
+    dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        bn_kw = {"running_var": self.bn_running_var, "dtype": self.dtype}
+        x = _conv(self.num_init_features, 7, self.dtype, "conv0", stride=2)(x)
+        x = max_pool_3x3_s2(nn.relu(BatchNorm(**bn_kw, name="norm0")(x, train)))
+        ch = self.num_init_features
+        for i, n in enumerate(self.block_config):
+            x = DenseBlock(
+                n,
+                self.growth_rate,
+                self.bn_size,
+                self.bn_running_var,
+                self.dtype,
+                name=f"denseblock{i + 1}",
+            )(x, train)
+            ch += n * self.growth_rate
+            if i != len(self.block_config) - 1:
+                ch //= 2
+                x = Transition(ch, self.bn_running_var, self.dtype, name=f"transition{i + 1}")(
+                    x, train
+                )
+        return x, BatchNorm(**bn_kw, name="norm5")(x, train)
+
+
+class DenseNet(nn.Module):
+    """DenseNet returning a dict of the requested taps."""
+
+    growth_rate: int = 32
+    block_config: Sequence[int] = (6, 12, 24, 16)
+    num_init_features: int = 64
+    bn_size: int = 4
+    taps: Sequence[str] = ("final_relu",)
+    with_head: bool = False
+    num_classes: int = 1000
+    bn_running_var: str = "unbiased"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        check_taps("DenseNet", self.taps, TAPS, self.with_head)
+        prenorm, normed = DenseNetFeatures(
+            self.growth_rate,
+            self.block_config,
+            self.num_init_features,
+            self.bn_size,
+            self.bn_running_var,
+            self.dtype,
+            name="features",
+        )(x.astype(self.dtype), train)
+        values = {"block4_prenorm": prenorm, "final_relu": nn.relu(normed)}
+        values["pooled"] = global_avg_pool(values["final_relu"])
+        if self.with_head:
+            # torchvision initialises the classifier bias to 0 (weight: PyTorch default).
+            values["logits"] = nn.Dense(
+                self.num_classes,
+                kernel_init=torch_default_kernel,
+                dtype=self.dtype,
+                name="classifier",
+            )(values["pooled"])
+        return select_taps(values, self.taps)

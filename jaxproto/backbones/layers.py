@@ -1,0 +1,156 @@
+"""Building blocks shared by the backbones: PyTorch-faithful BatchNorm, drop-path, pooling,
+torch-style initialisers and tap selection.
+
+All tensors are NHWC. Parameter names follow Flax (``kernel``, ``bias``, ``scale``) and running
+statistics live in the ``batch_stats`` collection as ``mean``/``var``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+BN_RUNNING_VAR_MODES = ("unbiased", "biased")
+
+# kaiming_normal_(mode=..., nonlinearity="relu") without truncation (jax_stack.md §3.5).
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+kaiming_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# PyTorch's default Linear/Conv weight init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default bias init for a layer with ``fan_in`` inputs: U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm with PyTorch semantics (jax_stack.md §3.1).
+
+    ``momentum`` uses PyTorch's convention (running = (1 - m) * running + m * batch; Flax's
+    momentum 0.9 is PyTorch's 0.1). Normalisation uses the biased batch variance; the running
+    variance is updated with the unbiased one (n / (n - 1)) like PyTorch when
+    ``running_var="unbiased"``, or with the biased one (Flax's behaviour) when ``"biased"``.
+    Statistics are reduced in float32 over every axis but the last.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    running_var: str = "unbiased"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.running_var not in BN_RUNNING_VAR_MODES:
+            raise ValueError(
+                f"bn_running_var must be one of {BN_RUNNING_VAR_MODES}, got {self.running_var!r}"
+            )
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        xf = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            n = math.prod(x.shape[:-1])
+            mean = jnp.mean(xf, axis=axes)
+            var = jnp.mean(jnp.square(xf - mean), axis=axes)
+            if not self.is_initializing():
+                if self.running_var == "unbiased":
+                    if n < 2:
+                        raise ValueError(
+                            "BatchNorm in train mode needs more than 1 value per channel "
+                            f"(got input shape {x.shape})"
+                        )
+                    update_var = var * (n / (n - 1))
+                else:
+                    update_var = var
+                m = self.momentum
+                ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+                ra_var.value = (1.0 - m) * ra_var.value + m * update_var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (xf - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+        return y.astype(self.dtype)
+
+
+def layer_norm(epsilon: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+    """Channel-last LayerNorm with the exact two-pass variance (as PyTorch computes it)."""
+    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=False, name=name)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops whole residual branches per example (rng stream ``drop_path``)."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("drop_path"), keep, mask_shape)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """``nn.MaxPool2d(3, 2, padding=1)`` (padding with -inf, as PyTorch)."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def _adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """Averaging matrix (size_out, size_in) of PyTorch's adaptive average pooling: output i
+    averages inputs [floor(i*in/out), ceil((i+1)*in/out))."""
+    mat = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = -((-(i + 1) * size_in) // size_out)
+        mat[i, start:end] = 1.0 / (end - start)
+    return mat
+
+
+def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """``nn.AdaptiveAvgPool2d(out_hw)`` on an NHWC tensor."""
+    ph = jnp.asarray(_adaptive_pool_matrix(x.shape[1], out_hw[0]), x.dtype)
+    pw = jnp.asarray(_adaptive_pool_matrix(x.shape[2], out_hw[1]), x.dtype)
+    return jnp.einsum("ih,nhwc,jw->nijc", ph, x, pw, precision=jax.lax.Precision.HIGHEST)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """Mean over the spatial axes of an NHWC tensor -> (N, C)."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def check_taps(model: str, taps: Sequence[str], available: Sequence[str], with_head: bool) -> None:
+    """Raises ValueError for unknown taps or head taps requested without the head."""
+    if not taps:
+        raise ValueError(f"{model}: at least one tap is required; available: {list(available)}")
+    unknown = [t for t in taps if t not in available]
+    if unknown:
+        raise ValueError(f"{model}: unknown taps {unknown}; available: {list(available)}")
+    head_only = [t for t in taps if t in HEAD_TAPS]
+    if head_only and not with_head:
+        raise ValueError(f"{model}: taps {head_only} need the classifier head (with_head=True)")
+
+
+HEAD_TAPS = ("logits", "penultimate")
+
+
+def select_taps(values: Mapping[str, jax.Array], taps: Sequence[str]) -> dict[str, jax.Array]:
+    """The requested subset of the computed feature taps, in request order."""
+    return {t: values[t] for t in taps}

@@ -1,0 +1,106 @@
+"""Registry of backbones: name -> Linen class + hyper-parameters + tap geometry."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxproto.backbones import convnext, densenet, resnet, vgg
+from jaxproto.backbones.layers import check_taps
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: its family, Linen class, hyper-parameters and tap geometry."""
+
+    family: str
+    module: type[nn.Module]
+    config: Mapping[str, Any]
+    tap_info: Callable[..., dict[str, tuple[int, int]]]
+    default_taps: tuple[str, ...]
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """Every tap name this backbone can return."""
+        return tuple(self.tap_info(**self.config))
+
+
+def _register() -> dict[str, BackboneSpec]:
+    families = (
+        ("resnet", resnet.ResNet, resnet.CONFIGS, resnet.tap_info, ("layer4",)),
+        ("densenet", densenet.DenseNet, densenet.CONFIGS, densenet.tap_info, ("final_relu",)),
+        ("vgg", vgg.VGG, vgg.CONFIGS, vgg.tap_info, ("features",)),
+        ("convnext", convnext.ConvNeXt, convnext.CONFIGS, convnext.tap_info, ("stage4",)),
+    )
+    out = {}
+    for family, module, configs, info, default in families:
+        for name, cfg in configs.items():
+            out[name] = BackboneSpec(family, module, dict(cfg), info, default)
+    return out
+
+
+BACKBONES: dict[str, BackboneSpec] = _register()
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registered spec for ``name``; ValueError listing the valid names otherwise."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name]
+
+
+def build_backbone(
+    name: str,
+    taps: Sequence[str] | None = None,
+    with_head: bool = False,
+    num_classes: int = 1000,
+    bn_running_var: str = "unbiased",
+    dtype: Any = jnp.float32,
+    **overrides: Any,
+) -> nn.Module:
+    """The Linen module for backbone ``name`` returning a dict of ``taps``.
+
+    ``taps`` defaults to the family's last feature map. ``overrides`` replace hyper-parameters
+    (e.g. ``block_config`` for densenet_tiny, ``drop_path_rate`` for ConvNeXt, ``dropout_rate``
+    for VGG's head). ``bn_running_var`` in {"unbiased" (PyTorch), "biased" (Flax)}.
+    """
+    spec = get_spec(name)
+    fields = {f.name for f in dataclasses.fields(spec.module)} - {"parent", "name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"{name}: unknown options {unknown}; valid: {sorted(fields)}")
+    kwargs = {**spec.config, **overrides}
+    taps = tuple(taps) if taps is not None else spec.default_taps
+    available = spec.tap_info(**{k: kwargs[k] for k in spec.config})
+    check_taps(name, taps, tuple(available), with_head)
+    return spec.module(
+        taps=taps,
+        with_head=with_head,
+        num_classes=num_classes,
+        bn_running_var=bn_running_var,
+        dtype=dtype,
+        **kwargs,
+    )
+
+
+def backbone_channels(name: str, tap: str, num_classes: int = 1000, **overrides: Any) -> int:
+    """Channels of ``tap`` (last axis of the map/vector) for backbone ``name``."""
+    return _tap(name, tap, num_classes, overrides)[0]
+
+
+def backbone_stride(name: str, tap: str, **overrides: Any) -> int:
+    """Input pixels per feature-map cell of a map tap (0 for vector taps)."""
+    return _tap(name, tap, 1000, overrides)[1]
+
+
+def _tap(name: str, tap: str, num_classes: int, overrides: Mapping[str, Any]) -> tuple[int, int]:
+    spec = get_spec(name)
+    kwargs = {**spec.config, **{k: v for k, v in overrides.items() if k in spec.config}}
+    info = spec.tap_info(**kwargs, num_classes=num_classes)
+    if tap not in info:
+        raise ValueError(f"{name}: unknown tap {tap!r}; available: {list(info)}")
+    return info[tap]

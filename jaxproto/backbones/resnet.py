@@ -1,0 +1,151 @@
+"""ResNet (torchvision v1.5: stride on the 3x3 conv of the bottleneck) with named feature taps.
+
+Module names mirror torchvision (``conv1``, ``bn1``, ``layer1_0/conv1``,
+``layer1_0/downsample_conv`` for ``layer1.0.downsample.0``, ``fc``) so the weight mapping in
+``torch_import`` is readable.
+Taps: ``stem`` (after the max-pool), ``layer1``..``layer4``, ``pooled`` (global average of
+layer4), ``logits`` (``fc``, needs ``with_head``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxproto.backbones.layers import (
+    BatchNorm,
+    Dtype,
+    check_taps,
+    global_avg_pool,
+    kaiming_normal_fan_out,
+    max_pool_3x3_s2,
+    select_taps,
+    torch_default_bias,
+    torch_default_kernel,
+)
+
+TAPS = ("stem", "layer1", "layer2", "layer3", "layer4", "pooled", "logits")
+
+CONFIGS: dict[str, dict] = {
+    "resnet18": {"block": "basic", "layers": (2, 2, 2, 2), "widths": (64, 128, 256, 512)},
+    "resnet34": {"block": "basic", "layers": (3, 4, 6, 3), "widths": (64, 128, 256, 512)},
+    "resnet50": {"block": "bottleneck", "layers": (3, 4, 6, 3), "widths": (64, 128, 256, 512)},
+    "resnet_tiny": {"block": "basic", "layers": (1, 1, 1, 1), "widths": (8, 16, 32, 64)},
+}
+
+_EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+def tap_info(
+    block: str, layers: Sequence[int], widths: Sequence[int], num_classes: int = 1000
+) -> dict[str, tuple[int, int]]:
+    """(channels, stride) of every tap for a ResNet configuration (stride 0 for vectors)."""
+    exp = _EXPANSION[block]
+    info = {"stem": (widths[0], 4)}
+    for i, w in enumerate(widths):
+        info[f"layer{i + 1}"] = (w * exp, 4 * 2**i)
+    info["pooled"] = (widths[-1] * exp, 0)
+    info["logits"] = (num_classes, 0)
+    return info
+
+
+def _conv(features: int, k: int, stride: int, dtype: Dtype, name: str) -> nn.Conv:
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(stride, stride),
+        padding=((k // 2, k // 2), (k // 2, k // 2)),
+        use_bias=False,
+        kernel_init=kaiming_normal_fan_out,
+        dtype=dtype,
+        name=name,
+    )
+
+
+class ResidualBlock(nn.Module):
+    """BasicBlock (two 3x3 convs) or Bottleneck (1x1, 3x3 with the stride, 1x1 x4)."""
+
+    block: str
+    planes: int
+    stride: int
+    downsample: bool
+    bn_running_var: str
+    dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        def bn(name: str) -> BatchNorm:
+            return BatchNorm(running_var=self.bn_running_var, dtype=self.dtype, name=name)
+
+        if self.block == "basic":
+            out = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
+            out = nn.relu(bn("bn1")(out, train))
+            out = _conv(self.planes, 3, 1, self.dtype, "conv2")(out)
+            out = bn("bn2")(out, train)
+        else:
+            out = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+            out = nn.relu(bn("bn1")(out, train))
+            out = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(out)
+            out = nn.relu(bn("bn2")(out, train))
+            out = _conv(self.planes * 4, 1, 1, self.dtype, "conv3")(out)
+            out = bn("bn3")(out, train)
+        identity = x
+        if self.downsample:
+            identity = _conv(
+                self.planes * _EXPANSION[self.block], 1, self.stride, self.dtype, "downsample_conv"
+            )(x)
+            identity = bn("downsample_bn")(identity, train)
+        return nn.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet returning a dict of the requested taps (NHWC maps, (N, C) vectors)."""
+
+    block: str = "basic"
+    layers: Sequence[int] = (2, 2, 2, 2)
+    widths: Sequence[int] = (64, 128, 256, 512)
+    taps: Sequence[str] = ("layer4",)
+    with_head: bool = False
+    num_classes: int = 1000
+    bn_running_var: str = "unbiased"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        check_taps("ResNet", self.taps, TAPS, self.with_head)
+        if self.block not in _EXPANSION:
+            raise ValueError(f"ResNet block must be one of {list(_EXPANSION)}, got {self.block!r}")
+        values = {}
+        x = _conv(self.widths[0], 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
+        x = BatchNorm(running_var=self.bn_running_var, dtype=self.dtype, name="bn1")(x, train)
+        x = max_pool_3x3_s2(nn.relu(x))
+        values["stem"] = x
+        in_ch = self.widths[0]
+        exp = _EXPANSION[self.block]
+        for i, (n, w) in enumerate(zip(self.layers, self.widths, strict=True)):
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                x = ResidualBlock(
+                    block=self.block,
+                    planes=w,
+                    stride=stride,
+                    downsample=(j == 0 and (stride != 1 or in_ch != w * exp)),
+                    bn_running_var=self.bn_running_var,
+                    dtype=self.dtype,
+                    name=f"layer{i + 1}_{j}",
+                )(x, train)
+                in_ch = w * exp
+            values[f"layer{i + 1}"] = x
+        values["pooled"] = global_avg_pool(x)
+        if self.with_head:
+            values["logits"] = nn.Dense(
+                self.num_classes,
+                kernel_init=torch_default_kernel,
+                bias_init=torch_default_bias(in_ch),
+                dtype=self.dtype,
+                name="fc",
+            )(values["pooled"])
+        return select_taps(values, self.taps)

@@ -1,0 +1,1 @@
+"""Core: config, sharding, checkpoints, trainer, metrics."""

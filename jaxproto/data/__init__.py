@@ -1,0 +1,1 @@
+"""Dataset loaders, synthetic data, grain pipeline and transforms."""

@@ -1,0 +1,175 @@
+"""Image decoding for every dataset: PNG/JPEG/BMP (Pillow), DICOM (pydicom), synthetic and prepared.
+
+``load_image`` always returns ``uint8`` HxWxC so transforms need no per-dataset cases:
+
+- 8-bit files are returned as stored (converted to L or RGB).
+- 16-bit PNGs (COVIDx mixes bit depths) are scaled by their effective bit depth,
+  ``x * 255 / (2**b - 1)`` with ``b = max(8, ceil(log2(max + 1)))``, so 12-bit data stored in 16
+  bits is not rendered nearly black.
+- DICOM (VinDr-CXR): modality LUT (RescaleSlope/Intercept), VOI LUT or window when the file has
+  one, then min-max to [0, 1]; MONOCHROME1 is inverted (data_formats.md §6, §10.2).
+- ``synthetic://...`` paths are rendered by ``jaxproto.data.synthetic.render_path``;
+  ``arrayrecord://<file>#<i>`` paths read record ``i`` of a prepared ArrayRecord file.
+
+Unreadable or truncated files raise ``DataError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from jaxproto.data.records import DataError
+
+DICOM_EXTS = (".dcm", ".dicom")
+ARRAYRECORD_SCHEME = "arrayrecord://"
+
+
+def _to_channels(img: np.ndarray, channels: int, path: str) -> np.ndarray:
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if channels == 1:
+        if img.shape[2] == 1:
+            return img
+        # ITU-R 601 luma, as Pillow's convert("L").
+        grey = img[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(np.rint(grey), 0, 255).astype(np.uint8)[:, :, None]
+    if channels == 3:
+        if img.shape[2] == 1:
+            return np.repeat(img, 3, axis=2)
+        return np.ascontiguousarray(img[:, :, :3])
+    raise ValueError(f"load_image({path!r}): channels must be 1 or 3, got {channels}")
+
+
+def _scale_high_bit_depth(x: np.ndarray) -> np.ndarray:
+    top = int(x.max()) if x.size else 0
+    bits = max(8, math.ceil(math.log2(top + 1))) if top > 0 else 8
+    return np.clip(np.rint(x.astype(np.float64) * 255.0 / (2**bits - 1)), 0, 255).astype(np.uint8)
+
+
+def _load_pil(path: str, channels: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im)
+                if arr.min() < 0:
+                    raise DataError(f"{path}: negative pixel values in a {mode} image")
+                arr = _scale_high_bit_depth(arr)
+            elif mode in ("L", "RGB"):
+                arr = np.asarray(im)
+            elif mode == "F":
+                raise DataError(f"{path}: floating-point images are not supported")
+            else:
+                arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+    return _to_channels(arr, channels, path)
+
+
+def _load_dicom(path: str, channels: int) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as e:  # pydicom raises many types for truncated/invalid files
+        raise DataError(f"{path}: cannot read DICOM ({type(e).__name__}: {e})") from e
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise DataError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames), expected one")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise DataError(
+                f"{path}: unsupported DICOM PhotometricInterpretation {photometric!r} "
+                f"with pixel array {pixels.shape} {pixels.dtype}"
+            )
+        return _to_channels(pixels, channels, path)
+    x = apply_modality_lut(pixels, ds)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        x = apply_voi_lut(x, ds)
+    x = np.asarray(x, np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    if photometric == "MONOCHROME1":
+        x = 1.0 - x
+    return _to_channels(np.rint(x * 255.0).astype(np.uint8), channels, path)
+
+
+@functools.lru_cache(maxsize=16)
+def _array_record_reader(path: str):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    return ArrayRecordReader(path)
+
+
+def decode_bytes(data: bytes, where: str, channels: int = 3) -> np.ndarray:
+    """Decodes an encoded image (PNG bytes from a prepared ArrayRecord file)."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise DataError(f"{where}: cannot decode the stored image bytes")
+    if arr.ndim == 3:
+        arr = arr[:, :, ::-1]  # cv2 stores BGR
+    return _to_channels(np.ascontiguousarray(arr), channels, where)
+
+
+def _load_prepared(path: str, channels: int) -> np.ndarray:
+    file, sep, idx = path[len(ARRAYRECORD_SCHEME) :].rpartition("#")
+    if not sep or not idx.isdigit():
+        raise DataError(f"{path}: expected arrayrecord://<file>#<record number>")
+    if not os.path.isfile(file):
+        raise DataError(f"{path}: ArrayRecord file {file} not found")
+    reader = _array_record_reader(file)
+    i = int(idx)
+    if i >= reader.num_records():
+        raise DataError(f"{path}: record {i} out of range ({reader.num_records()} records)")
+    return decode_bytes(reader.read([i])[0], path, channels)
+
+
+def load_image(path: str, channels: int = 3) -> np.ndarray:
+    """Decodes ``path`` to ``uint8`` HxWx``channels`` (1 or 3); DataError if unreadable."""
+    if channels not in (1, 3):
+        raise ValueError(f"load_image({path!r}): channels must be 1 or 3, got {channels}")
+    if path.startswith("synthetic://"):
+        from jaxproto.data.synthetic import render_path
+
+        return _to_channels(np.asarray(render_path(path), np.uint8), channels, path)
+    if path.startswith(ARRAYRECORD_SCHEME):
+        return _load_prepared(path, channels)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: image file not found")
+    if path.lower().endswith(DICOM_EXTS):
+        return _load_dicom(path, channels)
+    return _load_pil(path, channels)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image, reading only the header where the format allows."""
+    if path.startswith(("synthetic://", ARRAYRECORD_SCHEME)):
+        h, w = load_image(path, channels=1).shape[:2]
+        return int(w), int(h)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: image file not found")
+    if path.lower().endswith(DICOM_EXTS):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Columns), int(ds.Rows)
+        except Exception as e:
+            raise DataError(f"{path}: cannot read DICOM header ({type(e).__name__}: {e})") from e
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from e

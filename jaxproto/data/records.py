@@ -1,0 +1,123 @@
+"""Dataset-independent records: what every dataset loader produces and every pipeline consumes.
+
+A loader turns a dataset's published files into a `DatasetIndex`: class names, optional concept
+names and one list of `Record`s per split. Problems found while reading (missing files, bad rows)
+go through a `BadSampleReport`, which raises under ``on_bad_sample='error'`` and counts and lists
+them under ``'skip'`` -- nothing is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A problem with the user's data, with the file/line/field that caused it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in the original image's pixel coordinates (x, y = top-left corner).
+
+    ``label`` indexes the dataset's class names, or its concept names when ``is_concept``.
+    """
+
+    label: int
+    x: float
+    y: float
+    w: float
+    h: float
+    is_concept: bool = False
+
+
+@dataclasses.dataclass
+class Record:
+    """One image and its annotations.
+
+    ``path`` is a file path, or ``synthetic://<like>/<seed>/<index>`` for procedural images.
+    ``labels`` is a float32 multi-hot vector over the dataset's classes (one-hot for
+    multi-class datasets). ``size`` is the original (width, height) when known, so boxes can be
+    rescaled to the network input.
+    """
+
+    image_id: str
+    path: str
+    labels: np.ndarray
+    boxes: tuple[Box, ...] = ()
+    concepts: np.ndarray | None = None
+    patient_id: str = ""
+    size: tuple[int, int] | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DatasetIndex:
+    """Every split of one dataset, as records.
+
+    ``background_class`` is the index of the "no finding"/"normal" class that prototype methods
+    use as a shared background logit (None when the dataset has none).
+    """
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, list[Record]]
+    multilabel: bool = True
+    background_class: int | None = None
+    concept_names: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> list[Record]:
+        if name not in self.splits:
+            raise DataError(
+                f"dataset {self.name!r} has no split {name!r}; available: {sorted(self.splits)}"
+            )
+        records = self.splits[name]
+        if not records:
+            raise DataError(f"dataset {self.name!r}: split {name!r} is empty")
+        return records
+
+
+@dataclasses.dataclass
+class BadSampleReport:
+    """Collects bad inputs. ``policy='error'`` raises at the first one; ``'skip'`` records it."""
+
+    policy: str = "error"
+    entries: list[dict] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        if self.policy not in ("error", "skip"):
+            raise DataError(f"data.on_bad_sample must be 'error' or 'skip', got {self.policy!r}")
+
+    def bad(self, where: str, problem: str, expected: str = "") -> None:
+        """Reports one bad sample: ``where`` names the file (and line), ``problem`` what is wrong."""
+        msg = f"{where}: {problem}" + (f" (expected {expected})" if expected else "")
+        if self.policy == "error":
+            raise DataError(msg + "  [set data.on_bad_sample=skip to skip and list such samples]")
+        self.entries.append({"where": where, "problem": problem, "expected": expected})
+        log.warning("skipping bad sample: %s", msg)
+
+    def write(self, workdir: str) -> str:
+        path = os.path.join(workdir, "data_report.json")
+        with open(path, "w") as f:
+            json.dump({"policy": self.policy, "num_skipped": len(self.entries),
+                       "skipped": self.entries}, f, indent=1)
+        if self.entries:
+            log.warning("%d bad samples skipped; listed in %s", len(self.entries), path)
+        return path
+
+
+def multi_hot(indices: Sequence[int], num: int) -> np.ndarray:
+    v = np.zeros((num,), np.float32)
+    v[list(indices)] = 1.0
+    return v

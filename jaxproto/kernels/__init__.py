@@ -1,0 +1,1 @@
+"""Hot numeric kernels shared by methods: prototype distances, push, saliency."""

@@ -1,0 +1,1 @@
+"""Black-box baseline: backbone + global pooling + linear head."""

@@ -1,0 +1,130 @@
+"""The black-box baseline every paper compares against: backbone -> global average pooling ->
+linear head, multi-label BCE (or multi-class cross-entropy), Adam with cosine decay."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxproto.backbones import build_backbone
+from jaxproto.core import metrics as metrics_lib
+from jaxproto.core.method import Method, Phase
+from jaxproto.data import samplers, transforms
+from jaxproto.data.images import load_image
+from jaxproto.data.records import Record
+
+
+class BaselineNet(nn.Module):
+    """Backbone feature map -> global average pooling -> Dense(num_classes)."""
+
+    backbone: str
+    tap: str
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        taps = build_backbone(self.backbone, taps=(self.tap,), with_head=False)(x, train=train)
+        feats = taps[self.tap]
+        pooled = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
+        return nn.Dense(self.num_classes, name="head")(pooled)
+
+
+class TrainExample:
+    """Decode -> resize/normalise -> random horizontal flip (picklable for grain workers)."""
+
+    def __init__(self, records: Sequence[Record], image_size: int):
+        self.records = list(records)
+        self.image_size = image_size
+
+    def __call__(self, index, rng: np.random.Generator) -> dict:
+        record = self.records[int(index)]
+        image = transforms.eval_transform(load_image(record.path), self.image_size)
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        return {"image": np.ascontiguousarray(image), "labels": record.labels}
+
+
+class BaselineMethod(Method):
+    """Multi-label (sigmoid) or multi-class (softmax) classifier."""
+
+    def __init__(self, config, index):
+        super().__init__(config, index)
+        m = config.model
+        self.image_size = int(m.image_size)
+        self.net = BaselineNet(m.backbone, m.tap, index.num_classes)
+
+    def init(self, rng):
+        x = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
+        variables = self.net.init(rng, x, train=False)
+        out = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
+               "extra": {}}
+        init_from = self.config.model.get("init_from", "")
+        if init_from:
+            from jaxproto.backbones import load_pretrained, merge_pretrained
+
+            out = {**out, **merge_pretrained(out, load_pretrained(init_from, self.config.model.backbone),
+                                             prefix=_backbone_prefix(out["params"]),
+                                             allow_missing=r"head/")}
+        return out
+
+    def optimizers(self, steps_per_epoch):
+        o = self.config.optim
+        total = max(1, int(round(self.config.train.epochs * steps_per_epoch)))
+        lr = optax.cosine_decay_schedule(o.lr, total)
+        if o.optimizer == "adamw":
+            tx = optax.adamw(lr, weight_decay=o.weight_decay)
+        elif o.optimizer == "sgd":
+            tx = optax.chain(optax.add_decayed_weights(o.weight_decay),
+                             optax.sgd(lr, momentum=0.9))
+        else:
+            raise ValueError(f"optim.optimizer must be 'adamw' or 'sgd', got {o.optimizer!r}")
+        return {"opt": tx}
+
+    def phases(self):
+        return [Phase("train", optimizer="opt", epochs=float(self.config.train.epochs))]
+
+    def train_data(self, phase, records):
+        return samplers.ShuffleSampler(len(records), int(self.config.train.seed)), TrainExample(
+            records, self.image_size
+        )
+
+    def _logits(self, params, batch_stats, images, train):
+        variables = {"params": params, "batch_stats": batch_stats}
+        if train:
+            return self.net.apply(variables, images, train=True, mutable=["batch_stats"])
+        return self.net.apply(variables, images, train=False), None
+
+    def loss(self, params, state, batch, rng, phase):
+        logits, upd = self._logits(params, state["batch_stats"], batch["image"], True)
+        labels = batch["labels"]
+        if self.index.multilabel:
+            loss = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
+        else:
+            loss = optax.softmax_cross_entropy(logits, labels).mean()
+        return loss, ({}, {"batch_stats": upd["batch_stats"]})
+
+    def eval_example(self, record):
+        image = transforms.eval_transform(load_image(record.path), self.image_size)
+        return {"image": image}
+
+    def predict(self, state, batch):
+        logits, _ = self._logits(state["params"], state["batch_stats"], batch["image"], False)
+        probs = jax.nn.sigmoid(logits) if self.index.multilabel else jax.nn.softmax(logits)
+        return {"logits": logits, "probs": probs}
+
+    def evaluate(self, predictions, records):
+        labels = np.stack([r.labels for r in records])
+        keep = [i for i in range(self.index.num_classes) if i != self.index.background_class]
+        names = [self.index.class_names[i] for i in keep]
+        return metrics_lib.classification_report(
+            labels[:, keep], predictions["probs"][:, keep], names
+        )
+
+
+def _backbone_prefix(params) -> str:
+    return next(k for k in params if k != "head")

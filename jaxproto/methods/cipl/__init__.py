@@ -1,0 +1,1 @@
+"""CIPL: cross- and intra-image prototypical learning (cipl.md)."""

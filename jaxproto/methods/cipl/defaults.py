@@ -1,0 +1,93 @@
+"""Default CIPL configuration shared by ``configs/cipl_*.py`` (cipl.md §2.5, §3).
+
+Real-data defaults are the official settings; the synthetic variant shrinks the backbone,
+image size, prototype count and schedule so every phase (incl. two pushes and last-layer
+epochs) runs on a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def cipl_config(
+    arg: ml_collections.ConfigDict, like: str, train: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """CIPL config without the mesh/distributed blocks (the config file adds them).
+
+    ``like`` non-empty selects the synthetic dataset mimicking ``like``; ``train`` is the shared
+    ``configs.common.train_block()``, completed here with CIPL's schedule.
+    """
+    synthetic = bool(like)
+    c = ml_collections.ConfigDict()
+    c.method = "cipl"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = arg.backbone or ("densenet_tiny" if synthetic else "densenet121")
+    c.model.init_from = ""  # torchvision densenet121-a639ec97.pth for real runs
+    c.model.image_size = arg.image_size or (128 if synthetic else 512)
+    c.model.prototypes_per_class = arg.prototypes_per_class or (5 if synthetic else 50)
+    c.model.proto_dim = 64 if synthetic else 256
+    c.model.similarity_scale = 0.0  # 0 = proto_dim (the official 256)
+    c.model.bn_running_var = "unbiased"
+    c.model.student_bn_split = True
+    c.model.ema_momentum = 0.999
+    c.model.predict_similarity_maps = False
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "synthetic" if synthetic else ""
+    c.data.root = ""
+    c.data.image_size = c.model.get_ref("image_size")
+    c.data.on_bad_sample = "error"
+    c.data.val_fraction = 0.0
+    c.data.seed = 0
+    c.data.like = like
+    c.data.num_train = 800 if synthetic else 0
+    c.data.num_test = 200 if synthetic else 0
+    c.data.num_val = 0
+    c.data.prepared = ""
+    c.data.class_weights = []  # empty = total positives / class count (cipl.md §3.3)
+    c.data.background_weight_single = 2.0  # background weight multiplier, warm-up loader
+    c.data.background_weight_pairs = 3.0  # and main/last-layer loader
+
+    c.train = train
+    c.train.update(
+        batch_size=16 if synthetic else 24, eval_batch_size=64, best_metric="mean_auc",
+        eval_every_epochs=0.0 if synthetic else 1.0,
+        checkpoint_every_steps=200 if synthetic else 1000,
+    )
+    c.train.warmup_epochs = 6 if synthetic else 15
+    c.train.num_epochs = 12 if synthetic else 41
+    c.train.push_epochs = [9, 11] if synthetic else [35, 40]
+    c.train.last_layer_epochs = 1 if synthetic else 6
+    c.train.push_batch_size = 32 if synthetic else 20
+    c.train.push_candidates = 0  # 0 = the exact bound (number of prototypes)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.crs_ent = 1.0
+    c.loss.clst = 0.02
+    c.loss.sep = 0.02
+    c.loss.sep_margin = 2.0
+    c.loss.cross_att = 0.5
+    c.loss.inte_align = 0.5
+    c.loss.pred_align = 10.0
+    c.loss.pred_temperature = 1.0
+    c.loss.fix_last_class = False  # False = official off-by-one (drops the last foreground class)
+    c.loss.coattn_distance = "explicit"  # or "expanded"
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.backbone_lr = 1e-3 if synthetic else 1e-4
+    c.optim.add_on_lr = 3e-3
+    c.optim.prototypes_lr = 3e-3
+    c.optim.lr_halving_epochs = [4, 8] if synthetic else [10, 20, 25, 30, 35]
+    c.optim.lr_gamma = 0.5
+    c.optim.last_layer_lr = 1e-3 if synthetic else 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+
+    c.explain = ml_collections.ConfigDict()
+    c.explain.top_prototypes = 3 if synthetic else 10
+    c.explain.threshold = 0.5
+
+    return c

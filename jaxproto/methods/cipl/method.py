@@ -1,0 +1,374 @@
+"""CIPL as a jaxproto Method: phases, optimizers, losses with the EMA teacher, data, metrics.
+
+Schedule (cipl.md §3.1): warm-up (single images) -> main (pairs, co-attention, EMA teacher)
+-> push after the configured epochs -> last-layer-only epochs -> main ... One Adam state
+("joint") runs through warm-up and main with per-group learning rates halved at configured
+epochs; the last layer has its own Adam ("last") whose state persists between pushes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxproto.core.method import Batch, Method, Metrics, Phase, PyTree, Sampler, State
+from jaxproto.data.records import DatasetIndex, DataError, Record
+from jaxproto.kernels.prototypes import exp_similarity
+from jaxproto.methods.cipl import losses
+from jaxproto.methods.cipl.model import CiplNet, build_model, prototype_class_identity
+
+log = logging.getLogger(__name__)
+
+# Parameter groups of the joint optimizer (regex over "/"-joined param paths, cipl.md §3.2).
+PARAM_GROUPS = (
+    ("backbone", r"^(backbone|toplayer)/"),
+    ("add_on", r"^add_on_"),
+    ("prototypes", r"^prototype_vectors$"),
+    ("last_layer", r"^last_layer/"),
+)
+
+
+def _path(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def param_labels(params: PyTree, trainable: Sequence[str]) -> PyTree:
+    """Group name per leaf for ``optax.multi_transform``; groups not in ``trainable`` -> frozen."""
+
+    def label(path, _):
+        name = _path(path)
+        for group, pattern in PARAM_GROUPS:
+            if re.search(pattern, name):
+                return group if group in trainable else "frozen"
+        raise ValueError(f"CIPL parameter {name!r} matches no group of {PARAM_GROUPS}")
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def halving_schedule(lr: float, epochs: Sequence[int], gamma: float, steps_per_epoch: int):
+    """Piecewise-constant LR multiplied by ``gamma`` at the start of each listed epoch."""
+    boundaries = {int(e) * steps_per_epoch: gamma for e in epochs if int(e) > 0}
+    return optax.piecewise_constant_schedule(lr, boundaries)
+
+
+def _adam(lr, cfg) -> optax.GradientTransformation:
+    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+
+
+@dataclasses.dataclass
+class SingleExample:
+    """Sampler index -> one warm-up example (picklable for grain workers)."""
+
+    records: Sequence[Record]
+    transform: Callable
+
+    def __call__(self, index: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        from jaxproto.data.images import load_image
+
+        r = self.records[int(index)]
+        return {"image": self.transform(load_image(r.path), rng),
+                "labels": np.asarray(r.labels, np.float32)}
+
+
+@dataclasses.dataclass
+class PairExample:
+    """Sampler row (a, b) -> two images, each with a student view and a teacher re-view."""
+
+    records: Sequence[Record]
+    transform: Callable
+
+    def __call__(self, row: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        from jaxproto.data.images import load_image
+
+        out = {}
+        for key, idx in zip(("a", "b"), np.asarray(row).reshape(-1)):
+            r = self.records[int(idx)]
+            x, x_prime = self.transform(load_image(r.path), rng)
+            out[f"image_{key}"], out[f"view_{key}"] = x, x_prime
+            out[f"labels_{key}"] = np.asarray(r.labels, np.float32)
+        return out
+
+
+def _check_index(index: DatasetIndex) -> int:
+    if index.background_class is None:
+        raise DataError(
+            f"dataset {index.name!r} has no background class; CIPL needs one (e.g. 'No Finding')"
+        )
+    if not index.multilabel:
+        log.info("dataset %s is multi-class; CIPL treats labels as multi-hot", index.name)
+    return int(index.background_class)
+
+
+class CiplMethod(Method):
+    """CIPL (cipl.md). Register as ``jaxproto.methods.cipl.method:CiplMethod``."""
+
+    def __init__(self, config: ml_collections.ConfigDict, index: DatasetIndex):
+        super().__init__(config, index)
+        self.background = _check_index(index)
+        self.num_classes = index.num_classes
+        m = config.model
+        self.model: CiplNet = build_model(m, self.num_classes)
+        self.identity = prototype_class_identity(self.num_classes, int(m.prototypes_per_class))
+        self.fg_eval = losses.all_foreground(self.num_classes, self.background)
+        self.fg_main = losses.foreground_classes(
+            self.num_classes, self.background, bool(config.loss.fix_last_class)
+        )
+        if self.fg_main.size == 0:
+            raise ValueError("CIPL needs at least one foreground class in the main-stage loss")
+        self._project = self.project_last_layer  # one object: the trainer caches steps by id
+
+    # ------------------------------------------------------------------ state
+    def init(self, rng: jax.Array) -> State:
+        size = int(self.config.model.image_size)
+        x = jnp.zeros((1, size, size, 3), jnp.float32)
+        variables = self.model.init({"params": rng}, x, train=False)
+        init_from = self.config.model.get("init_from", "")
+        if init_from:
+            from jaxproto.backbones import load_pretrained, merge_pretrained
+
+            pretrained = load_pretrained(init_from, self.config.model.backbone, drop_head=True)
+            variables = merge_pretrained(variables, pretrained, prefix="backbone")
+        params = variables["params"]
+        batch_stats = variables.get("batch_stats", {})
+        ema_bs = jax.tree.map(jnp.copy, batch_stats)
+        return {
+            "params": params,
+            "batch_stats": batch_stats,
+            # Teacher: params overwritten from the student at the first main step (before hook);
+            # BN buffers start as the student's initial buffers (cipl.md §1.7).
+            "extra": {"ema_params": jax.tree.map(jnp.copy, params), "ema_batch_stats": ema_bs},
+        }
+
+    def optimizers(self, steps_per_epoch: int) -> dict[str, optax.GradientTransformation]:
+        o = self.config.optim
+        sched = functools.partial(
+            halving_schedule, epochs=list(o.lr_halving_epochs), gamma=float(o.lr_gamma),
+            steps_per_epoch=steps_per_epoch,
+        )
+        joint = optax.multi_transform(
+            {
+                "backbone": _adam(sched(float(o.backbone_lr)), o),
+                "add_on": _adam(sched(float(o.add_on_lr)), o),
+                "prototypes": _adam(sched(float(o.prototypes_lr)), o),
+                "frozen": optax.set_to_zero(),
+            },
+            functools.partial(param_labels, trainable=("backbone", "add_on", "prototypes")),
+        )
+        last = optax.multi_transform(
+            {"last_layer": _adam(float(o.last_layer_lr), o), "frozen": optax.set_to_zero()},
+            functools.partial(param_labels, trainable=("last_layer",)),
+        )
+        return {"joint": joint, "last": last}
+
+    # ------------------------------------------------------------------ schedule
+    def phases(self) -> list[Phase]:
+        t = self.config.train
+        warm, total = int(t.warmup_epochs), int(t.num_epochs)
+        pushes = sorted(int(p) for p in t.push_epochs)
+        if any(p < warm or p >= total for p in pushes) or len(set(pushes)) != len(pushes):
+            raise ValueError(
+                f"train.push_epochs={pushes} must be distinct epochs in [warmup_epochs={warm}, "
+                f"num_epochs={total})"
+            )
+        out = []
+        if warm > 0:
+            out.append(Phase("warmup", "joint", loss="warmup", data="single", epochs=warm))
+        start, first = warm, True
+        for p in pushes:
+            out.append(self._main_phase(p + 1 - start, first, after=(self._push_hook(p),)))
+            out.append(Phase(f"last_layer@{p}", "last", loss="main", data="pairs",
+                             epochs=int(t.last_layer_epochs), post_update=self._project))
+            start, first = p + 1, False
+        if start < total:
+            out.append(self._main_phase(total - start, first, after=()))
+        return [ph for ph in out if ph.epochs > 0]
+
+    def _main_phase(self, epochs: int, first: bool, after: tuple) -> Phase:
+        return Phase("main", "joint", loss="main", data="pairs", epochs=epochs,
+                     before=(init_ema_hook,) if first else (), after=after)
+
+    def _push_hook(self, epoch: int):
+        from jaxproto.methods.cipl.push import push_hook
+
+        return functools.partial(push_hook, method=self, epoch=epoch)
+
+    def project_last_layer(self, state: State) -> State:
+        """W = max(W, 0) restricted to own-class connections, after every last-layer step."""
+        kernel = state["params"]["last_layer"]["kernel"]
+        projected = jnp.maximum(kernel * jnp.asarray(self.identity, kernel.dtype), 0.0)
+        params = {**state["params"], "last_layer": {**state["params"]["last_layer"],
+                                                     "kernel": projected}}
+        return {**state, "params": params}
+
+    # ------------------------------------------------------------------ data
+    def _image_weights(self, labels: np.ndarray, background_factor: float) -> np.ndarray:
+        from jaxproto.data.samplers import cipl_image_weights, inverse_frequency_class_weights
+
+        given = list(self.config.data.get("class_weights", []))
+        if given:
+            if len(given) != self.num_classes:
+                raise ValueError(
+                    f"data.class_weights has {len(given)} entries, dataset has "
+                    f"{self.num_classes} classes"
+                )
+            cw = np.asarray(given, np.float64)
+        else:
+            cw = inverse_frequency_class_weights(labels).astype(np.float64)
+        cw[self.background] *= background_factor
+        return cipl_image_weights(labels, cw)
+
+    def train_data(self, phase: Phase, records: Sequence[Record]) -> tuple[Sampler, Callable]:
+        from jaxproto.data import samplers, transforms
+
+        d, seed = self.config.data, int(self.config.train.seed)
+        size = int(self.config.model.image_size)
+        labels = np.stack([r.labels for r in records]).astype(np.float32)
+        if phase.data == "single":
+            w = self._image_weights(labels, float(d.background_weight_single))
+            return (samplers.WeightedSampler(w, len(records), seed),
+                    SingleExample(records, transforms.CiplTrainTransform(size)))
+        if phase.data == "pairs":
+            w = self._image_weights(labels, float(d.background_weight_pairs))
+            return (samplers.PairSampler(labels, seed, weights=w),
+                    PairExample(records, transforms.CiplPairViewTransform(size)))
+        raise ValueError(f"CIPL has no data variant {phase.data!r}; use 'single' or 'pairs'")
+
+    def eval_example(self, record: Record) -> dict[str, np.ndarray]:
+        from jaxproto.data.images import load_image
+        from jaxproto.data.transforms import eval_transform
+
+        img = eval_transform(load_image(record.path), int(self.config.model.image_size))
+        return {"image": img, "labels": np.asarray(record.labels, np.float32)}
+
+    # ------------------------------------------------------------------ losses
+    def _student_embed(self, params, batch_stats, images: Sequence[jax.Array]):
+        """Student embeddings in train mode; BN statistics per apply, running stats threaded."""
+        if not bool(self.config.model.student_bn_split):
+            images = [jnp.concatenate(images, axis=0)]
+        zs = []
+        for x in images:
+            z, upd = self.model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                      train=True, mutable=["batch_stats"],
+                                      method=CiplNet.embed)
+            batch_stats = upd["batch_stats"]
+            zs.append(z)
+        return jnp.concatenate(zs, axis=0), batch_stats
+
+    def _classify(self, params, z):
+        return self.model.apply({"params": params}, z, method=CiplNet.classify)
+
+    def _proto_terms(self, out, labels, fg) -> tuple[jax.Array, Metrics]:
+        c = self.config.loss
+        ce = losses.background_ce(out["logits"], labels, fg, self.background)
+        clst, sep = losses.cluster_separation(out["min_distances"], labels, self.identity)
+        total = (c.crs_ent * ce + c.clst * clst
+                 + c.sep * jax.nn.relu(c.sep_margin - sep))
+        return total, {"ce": ce, "cluster": clst, "separation": sep}
+
+    def loss(self, params: PyTree, state: State, batch: Batch, rng: jax.Array, phase: Phase):
+        del rng
+        if phase.loss == "warmup":
+            z, bs = self._student_embed(params, state["batch_stats"], [batch["image"]])
+            out = self._classify(params, z)
+            total, metrics = self._proto_terms(out, batch["labels"], self.fg_eval)
+            return total, (metrics, {"batch_stats": bs})
+        if phase.loss == "main":
+            return self._main_loss(params, state, batch)
+        raise ValueError(f"CIPL has no loss variant {phase.loss!r}; use 'warmup' or 'main'")
+
+    def _main_loss(self, params, state, batch):
+        c, sc = self.config.loss, self.model.similarity_scale
+        m = float(self.config.model.ema_momentum)
+        extra = state["extra"]
+        # EMA from the pre-update student params, before the teacher forward (cipl.md §1.7).
+        ema_params = jax.tree.map(lambda e, p: m * e + (1.0 - m) * jax.lax.stop_gradient(p),
+                                  extra["ema_params"], params)
+        views = jnp.concatenate([batch["view_a"], batch["view_b"]], axis=0)
+        t_out, t_upd = self.model.apply(
+            {"params": ema_params, "batch_stats": extra["ema_batch_stats"]}, views, train=True,
+            mutable=["batch_stats"],
+        )
+        t_sim = jax.lax.stop_gradient(exp_similarity(t_out["distances"], sc))
+        t_logits = jax.lax.stop_gradient(t_out["logits"])
+
+        z, bs = self._student_embed(params, state["batch_stats"],
+                                    [batch["image_a"], batch["image_b"]])
+        out = self._classify(params, z)
+        labels = jnp.concatenate([batch["labels_a"], batch["labels_b"]], axis=0)
+        total, metrics = self._proto_terms(out, labels, self.fg_main)
+
+        za, zb = jnp.split(z, 2, axis=0)
+        co_a, co_b = losses.co_attention(za, zb, c.coattn_distance)
+        co_logits = self._classify(params, jnp.concatenate([co_a, co_b], axis=0))["logits"]
+        common = batch["labels_a"] * batch["labels_b"]
+        l_co = losses.background_ce(co_logits, jnp.concatenate([common, common], 0),
+                                    self.fg_main, self.background)
+        l_int = losses.interpretation_alignment(exp_similarity(out["distances"], sc), t_sim)
+        l_pred = losses.prediction_alignment(out["logits"], t_logits, self.fg_main,
+                                             self.background, float(c.pred_temperature))
+        total = total + c.cross_att * l_co + c.inte_align * l_int + c.pred_align * l_pred
+        metrics.update({"co_ce": l_co, "align_int": l_int, "align_pred": l_pred})
+        updates = {
+            "batch_stats": bs,
+            "extra": {"ema_params": ema_params, "ema_batch_stats": t_upd["batch_stats"]},
+        }
+        return total, (metrics, updates)
+
+    # ------------------------------------------------------------------ inference
+    def apply_eval(self, state: State, images: jax.Array) -> dict[str, jax.Array]:
+        """Student forward in eval mode: embeddings, distance maps, min distances, logits."""
+        return self.model.apply(
+            {"params": state["params"], "batch_stats": state["batch_stats"]}, images, train=False
+        )
+
+    def predict(self, state: State, batch: Batch) -> dict[str, jax.Array]:
+        out = self.apply_eval(state, batch["image"])
+        logits = out["logits"]
+        sim = exp_similarity(out["distances"], self.model.similarity_scale)
+        n, h, w, _ = sim.shape
+        per_class = sim.reshape(n, h, w, self.num_classes, -1)  # prototypes are class-major
+        result = {
+            "probs": jax.nn.sigmoid(logits[:, self.fg_eval] - logits[:, self.background:
+                                                                     self.background + 1]),
+            "logits": logits,
+            "min_distances": out["min_distances"],
+            "class_maps": jnp.max(per_class, axis=-1),
+        }
+        if bool(self.config.model.get("predict_similarity_maps", False)):
+            result["similarity_maps"] = sim
+        return result
+
+    def evaluate(self, predictions: dict[str, np.ndarray], records: Sequence[Record]) -> dict:
+        from jaxproto.core.metrics import classification_report
+        from jaxproto.methods.cipl.localization import localization_metrics
+
+        names = [self.index.class_names[k] for k in self.fg_eval]
+        y = np.stack([r.labels for r in records])[:, self.fg_eval]
+        report = classification_report(y, predictions["probs"], names)
+        out = {k: v for k, v in report.items() if k != "classes"}
+        for name, row in report["classes"].items():
+            out[f"auc/{name}"] = row["auc"]
+            out[f"f1/{name}"] = row["f1"]
+        out["classes"] = report["classes"]
+        out.update(localization_metrics(
+            predictions["class_maps"], records, int(self.config.model.image_size),
+            class_ids=self.fg_eval,
+        ))
+        return out
+
+
+def init_ema_hook(ctx, state: State) -> State:
+    """Before the first main phase: teacher params <- a copy of the student params (§1.7)."""
+    del ctx
+    log.info("initialising the EMA teacher from the student parameters")
+    extra = {**state["extra"], "ema_params": jax.tree.map(jnp.copy, state["params"])}
+    return {**state, "extra": extra}

@@ -1,0 +1,131 @@
+"""CIPL network: backbone tap -> biased 1x1 top layer -> sigmoid add-on -> prototype layer.
+
+cipl.md §1: embeddings z in [0, 1]^D on the feature grid, squared-L2 distance maps to P
+prototypes (``prototypes_per_class`` per class, background class included), min-pooled
+distances turned into similarities exp(-d / scale), and a bias-free last layer initialised to
+1 for a prototype's own class and 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxproto.backbones.layers import (
+    kaiming_normal_fan_in,
+    kaiming_normal_fan_out,
+    torch_default_bias,
+)
+from jaxproto.kernels.prototypes import exp_similarity, l2_distance_maps, min_pool
+
+BACKBONE_TAP = "block4_prenorm"
+
+
+def prototype_class_identity(num_classes: int, prototypes_per_class: int) -> np.ndarray:
+    """(P, C) one-hot matrix: prototype j belongs to class j // prototypes_per_class."""
+    num_p = num_classes * prototypes_per_class
+    ident = np.zeros((num_p, num_classes), np.float32)
+    ident[np.arange(num_p), np.arange(num_p) // prototypes_per_class] = 1.0
+    return ident
+
+
+def _own_class_init(prototypes_per_class: int):
+    """Last-layer kernel (P, C): 1 where the prototype belongs to the class (incorrect strength 0)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        num_p, num_c = shape
+        return jnp.asarray(prototype_class_identity(num_c, prototypes_per_class), dtype)
+
+    return init
+
+
+def _uniform01(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype)  # torch.rand init of prototype vectors
+
+
+class CiplNet(nn.Module):
+    """The CIPL prototype network around an injected backbone returning a dict of taps."""
+
+    backbone: nn.Module
+    backbone_channels: int
+    num_classes: int
+    prototypes_per_class: int
+    proto_dim: int = 256
+    similarity_scale: float = 256.0
+    tap: str = BACKBONE_TAP
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.num_classes * self.prototypes_per_class
+
+    def setup(self):
+        self.toplayer = nn.Conv(
+            self.proto_dim,
+            (1, 1),
+            kernel_init=kaiming_normal_fan_in,
+            bias_init=torch_default_bias(self.backbone_channels),
+        )
+        self.add_on_0 = nn.Conv(
+            self.proto_dim, (1, 1), kernel_init=kaiming_normal_fan_out,
+            bias_init=nn.initializers.zeros,
+        )
+        self.add_on_1 = nn.Conv(
+            self.proto_dim, (1, 1), kernel_init=kaiming_normal_fan_out,
+            bias_init=nn.initializers.zeros,
+        )
+        self.prototype_vectors = self.param(
+            "prototype_vectors", _uniform01, (self.num_prototypes, self.proto_dim)
+        )
+        self.last_layer = nn.Dense(
+            self.num_classes, use_bias=False,
+            kernel_init=_own_class_init(self.prototypes_per_class),
+        )
+
+    def embed(self, x: jax.Array, train: bool) -> jax.Array:
+        """Images (N, H, W, 3) -> sigmoid embeddings (N, h, w, D)."""
+        taps = self.backbone(x, train=train)
+        if self.tap not in taps:
+            raise ValueError(f"backbone returned taps {sorted(taps)}, expected {self.tap!r}")
+        f = self.toplayer(taps[self.tap])
+        f = nn.relu(self.add_on_0(f))
+        return nn.sigmoid(self.add_on_1(f))
+
+    def classify(self, z: jax.Array) -> dict[str, jax.Array]:
+        """Embeddings -> distance maps (N, h, w, P), min distances (N, P), logits (N, C)."""
+        distances = l2_distance_maps(z, self.prototype_vectors)
+        min_distances = min_pool(distances)
+        logits = self.last_layer(exp_similarity(min_distances, self.similarity_scale))
+        return {"distances": distances, "min_distances": min_distances, "logits": logits}
+
+    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        z = self.embed(x, train)
+        return {"embeddings": z, **self.classify(z)}
+
+
+def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int) -> CiplNet:
+    """CiplNet from ``config.model`` (backbone name, prototypes per class, proto dim, BN mode)."""
+    from jaxproto.backbones import backbone_channels, build_backbone
+
+    if model_cfg.prototypes_per_class < 1:
+        raise ValueError(
+            f"model.prototypes_per_class must be >= 1, got {model_cfg.prototypes_per_class}"
+        )
+    backbone = build_backbone(
+        model_cfg.backbone,
+        taps=(BACKBONE_TAP,),
+        with_head=False,
+        bn_running_var=model_cfg.get("bn_running_var", "unbiased"),
+    )
+    scale = float(model_cfg.get("similarity_scale", 0.0)) or float(model_cfg.proto_dim)
+    return CiplNet(
+        backbone=backbone,
+        backbone_channels=backbone_channels(model_cfg.backbone, BACKBONE_TAP),
+        num_classes=num_classes,
+        prototypes_per_class=int(model_cfg.prototypes_per_class),
+        proto_dim=int(model_cfg.proto_dim),
+        similarity_scale=scale,
+    )

@@ -1,0 +1,1 @@
+"""X-MIR: triplet-loss retrieval embedder with similarity saliency (specs/xmir.md)."""

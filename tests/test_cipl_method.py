@@ -1,0 +1,222 @@
+"""CiplMethod: schedule, optimizers, losses with the EMA teacher, projection, predict/evaluate."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxproto.core.config import load_config_file
+from jaxproto.data.records import Box, DatasetIndex, Record
+from jaxproto.methods.cipl import method as cm
+from jaxproto.methods.cipl.model import prototype_class_identity
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name="cipl_chestxray14", arg="synthetic"):
+    return load_config_file(os.path.join(ROOT, "configs", f"{name}.py") + f":{arg}")
+
+
+def _tiny_config():
+    c = _config()
+    c.model.image_size = 64
+    c.model.prototypes_per_class = 2
+    c.model.proto_dim = 8
+    return c
+
+
+def _index(num_classes=4, n=6, bg=3):
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(n):
+        y = (rng.random(num_classes) < 0.4).astype(np.float32)
+        if not y.any():
+            y[bg] = 1.0
+        boxes = (Box(label=0, x=0, y=0, w=20, h=20),) if y[0] else ()
+        recs.append(Record(f"r{i}", f"synthetic://x/{i}", y, boxes=boxes, size=(64, 64)))
+    names = [f"c{k}" for k in range(num_classes)]
+    return DatasetIndex("tiny", names, {"train": recs, "test": recs}, background_class=bg)
+
+
+def test_official_schedule():
+    c = _config(arg="")
+    m = object.__new__(cm.CiplMethod)
+    m.config, m._project = c, object()
+    phases = cm.CiplMethod.phases(m)
+    got = [(p.name, p.optimizer, p.loss, p.data, p.epochs) for p in phases]
+    assert got == [
+        ("warmup", "joint", "warmup", "single", 15),
+        ("main", "joint", "main", "pairs", 21),
+        ("last_layer@35", "last", "main", "pairs", 6),
+        ("main", "joint", "main", "pairs", 5),
+        ("last_layer@40", "last", "main", "pairs", 6),
+    ]
+    assert phases[1].before == (cm.init_ema_hook,) and phases[3].before == ()
+    assert len(phases[1].after) == 1 and len(phases[3].after) == 1
+    assert phases[2].post_update is m._project and phases[4].post_update is m._project
+    c.train.push_epochs = [3]
+    with pytest.raises(ValueError, match="push_epochs"):
+        cm.CiplMethod.phases(m)
+
+
+def test_lr_table():
+    # cipl.md §3.2: halvings at the start of epochs 10, 20, 25, 30, 35.
+    sched = cm.halving_schedule(1e-4, [10, 20, 25, 30, 35], 0.5, steps_per_epoch=7)
+    table = {0: 1e-4, 9: 1e-4, 10: 5e-5, 19: 5e-5, 20: 2.5e-5, 25: 1.25e-5, 30: 6.25e-6,
+             35: 3.125e-6, 40: 3.125e-6}
+    for epoch, lr in table.items():
+        np.testing.assert_allclose(sched(epoch * 7), lr, rtol=1e-6)
+        np.testing.assert_allclose(sched(epoch * 7 + 6), lr, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    c = _tiny_config()
+    index = _index()
+    method = cm.CiplMethod(c, index)
+    state = method.init(jax.random.key(0))
+    return method, state
+
+
+def test_init_and_param_groups(setup):
+    method, state = setup
+    p = state["params"]
+    assert p["prototype_vectors"].shape == (8, 8)
+    np.testing.assert_array_equal(p["last_layer"]["kernel"], prototype_class_identity(4, 2))
+    assert float(p["prototype_vectors"].min()) >= 0 and float(p["prototype_vectors"].max()) < 1
+    labels = jax.tree.leaves(cm.param_labels(p, ("backbone", "add_on", "prototypes")))
+    assert set(labels) == {"backbone", "add_on", "prototypes", "frozen"}
+    # one optimizer step of each: joint never touches the last layer, last touches only it
+    opts = method.optimizers(steps_per_epoch=3)
+    grads = jax.tree.map(jnp.ones_like, p)
+    for name, changed in [("joint", "prototype_vectors"), ("last", "last_layer")]:
+        upd, _ = opts[name].update(grads, opts[name].init(p), p)
+        new = optax.apply_updates(p, upd)
+        for key in p:
+            moved = any(bool(jnp.any(a != b)) for a, b in
+                        zip(jax.tree.leaves(new[key]), jax.tree.leaves(p[key])))
+            if key == changed:
+                assert moved, (name, key)
+            if name == "last" and key != "last_layer" or name == "joint" and key == "last_layer":
+                assert not moved, (name, key)
+
+
+def _batch(n=2, size=64, seed=1):
+    rng = np.random.default_rng(seed)
+    ya = np.array([[1, 0, 0, 0], [0, 1, 0, 1]], np.float32)[:n]
+    yb = np.array([[1, 0, 1, 0], [0, 0, 0, 1]], np.float32)[:n]
+    x = lambda: rng.normal(size=(n, size, size, 3)).astype(np.float32)  # noqa: E731
+    return {"image_a": x(), "image_b": x(), "view_a": x(), "view_b": x(),
+            "labels_a": ya, "labels_b": yb}
+
+
+def test_main_loss_ema_and_terms(setup):
+    method, state = setup
+    state = cm.init_ema_hook(None, {**state, "params": state["params"]})
+    # make the teacher differ from the student so the EMA update is visible
+    state["extra"]["ema_params"] = jax.tree.map(lambda x: x * 0.5, state["extra"]["ema_params"])
+    phase = cm.Phase("main", "joint", loss="main", data="pairs")
+    batch = _batch()
+    fn = jax.jit(lambda p, s, b: jax.value_and_grad(method.loss, has_aux=True)(
+        p, s, b, jax.random.key(0), phase))
+    (loss, (metrics, upd)), grads = fn(state["params"], state, batch)
+    assert np.isfinite(float(loss))
+    assert set(metrics) == {"ce", "cluster", "separation", "co_ce", "align_int", "align_pred"}
+    m = method.config.model.ema_momentum
+    want = jax.tree.map(lambda e, p: m * e + (1 - m) * p, state["extra"]["ema_params"],
+                        state["params"])
+    for a, b in zip(jax.tree.leaves(upd["extra"]["ema_params"]), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # teacher BN stats were updated by its own train-mode forward, student's twice (split)
+    assert any(bool(jnp.any(a != b)) for a, b in zip(
+        jax.tree.leaves(upd["extra"]["ema_batch_stats"]),
+        jax.tree.leaves(state["extra"]["ema_batch_stats"])))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    # co-attention / alignment terms depend on the pair; total is their weighted sum
+    c = method.config.loss
+    total = (c.crs_ent * metrics["ce"] + c.clst * metrics["cluster"]
+             + c.sep * max(0.0, c.sep_margin - float(metrics["separation"]))
+             + c.cross_att * metrics["co_ce"] + c.inte_align * metrics["align_int"]
+             + c.pred_align * metrics["align_pred"])
+    np.testing.assert_allclose(loss, total, rtol=1e-5)
+
+
+def test_student_bn_split_threads_stats(setup):
+    method, state = setup
+    x = _batch()
+    a, b = x["image_a"], x["image_b"]
+    _, split = method._student_embed(state["params"], state["batch_stats"], [a, b])
+    _, first = method._student_embed(state["params"], state["batch_stats"], [a])
+    _, second = method._student_embed(state["params"], first, [b])
+    for u, v in zip(jax.tree.leaves(split), jax.tree.leaves(second)):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    method.config.model.student_bn_split = False
+    try:
+        _, joint = method._student_embed(state["params"], state["batch_stats"], [a, b])
+    finally:
+        method.config.model.student_bn_split = True
+    assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(joint),
+                                                     jax.tree.leaves(split)))
+
+
+def test_warmup_loss_uses_all_foreground(setup):
+    method, state = setup
+    phase = cm.Phase("warmup", "joint", loss="warmup", data="single")
+    b = _batch()
+    batch = {"image": b["image_a"], "labels": b["labels_a"]}
+    loss, (metrics, upd) = method.loss(state["params"], state, batch, jax.random.key(0), phase)
+    assert np.isfinite(float(loss)) and set(upd) == {"batch_stats"}
+    assert list(method.fg_eval) == [0, 1, 2] and list(method.fg_main) == [0, 1]
+    with pytest.raises(ValueError, match="loss variant"):
+        method.loss(state["params"], state, batch, jax.random.key(0),
+                    cm.Phase("x", "joint", loss="bogus"))
+
+
+def test_last_layer_projection(setup):
+    method, state = setup
+    k = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    s = {**state, "params": {**state["params"], "last_layer": {"kernel": jnp.asarray(k)}}}
+    got = np.asarray(method.project_last_layer(s)["params"]["last_layer"]["kernel"])
+    ident = prototype_class_identity(4, 2)
+    np.testing.assert_array_equal(got, np.where(ident > 0, np.maximum(k, 0), 0))
+
+
+def test_predict_and_evaluate(setup):
+    method, state = setup
+    index = method.index
+    images = np.random.default_rng(3).normal(size=(6, 64, 64, 3)).astype(np.float32)
+    out = jax.jit(method.predict)(state, {"image": images})
+    z = np.asarray(out["logits"])
+    np.testing.assert_allclose(out["probs"], 1 / (1 + np.exp(-(z[:, :3] - z[:, 3:]))), rtol=1e-5)
+    assert out["class_maps"].shape == (6, 2, 2, 4)
+    preds = jax.tree.map(np.asarray, out)
+    # make class-0 maps peak inside the (0, 0, 20, 20) box: pointing game 1
+    maps = np.zeros((6, 2, 2, 4), np.float32) + 0.1
+    maps[:, 0, 0, 0] = 1.0
+    res = method.evaluate({**preds, "class_maps": maps}, index.split("test"))
+    assert 0.0 <= res["mean_auc"] <= 1.0 and "auc/c0" in res and "auc/c3" not in res
+    assert res["pointing_game"] == 1.0 and res["loc_count"] == sum(
+        1 for r in index.split("test") if r.boxes)
+    maps[:, 1, 1, 0] = 2.0
+    res = method.evaluate({**preds, "class_maps": maps}, index.split("test"))
+    assert res["pointing_game"] == 0.0
+
+
+def test_index_without_background_is_rejected():
+    idx = _index()
+    idx.background_class = None
+    with pytest.raises(ValueError, match="background"):
+        cm.CiplMethod(_tiny_config(), idx)
+
+
+def test_config_variants():
+    for name in ("cipl_chestxray14", "cipl_odir"):
+        for arg in ("", "synthetic"):
+            c = _config(name, arg)
+            assert isinstance(c, ml_collections.ConfigDict) and c.method == "cipl"
+    assert _config("cipl_odir", "").model.image_size == 640
+    assert len(_config("cipl_chestxray14", "").data.class_weights) == 15

@@ -1,0 +1,221 @@
+"""Overlays, HTML report, prototype atlas and line plots."""
+
+import json
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxproto.data.records import Box
+from jaxproto.viz import atlas, overlays, plots, report
+
+
+def _image(h=64, w=80, seed=0):
+    return np.random.default_rng(seed).integers(60, 200, (h, w, 3), dtype=np.uint8)
+
+
+def _blob(h=8, w=10, peak=(2, 7)):
+    yy, xx = np.mgrid[:h, :w]
+    return np.exp(-((yy - peak[0]) ** 2 + (xx - peak[1]) ** 2) / 3.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_heatmap_overlay_blends_jet_at_image_size(interpolation):
+    img = _image()
+    out = overlays.heatmap_overlay(img, _blob(), interpolation=interpolation)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    # Independent reference: cv2 resize, min-max after upsampling, JET (BGR -> RGB), 0.7/0.3.
+    inter = cv2.INTER_LINEAR if interpolation == "bilinear" else cv2.INTER_CUBIC
+    up = cv2.resize(_blob(), (80, 64), interpolation=inter)
+    up = (up - up.min()) / (up.max() - up.min())
+    heat = cv2.applyColorMap(np.round(up * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    want = np.clip(np.round(0.7 * img + 0.3 * heat.astype(np.float64)), 0, 255)
+    assert np.abs(out.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_hottest_location_is_reddest_and_coldest_is_bluest():
+    gray = np.full((64, 80, 3), 128, np.uint8)
+    heat = _blob(peak=(2, 7))
+    out = overlays.heatmap_overlay(gray, heat, alpha=0.5).astype(int)
+    up = cv2.resize(heat, (80, 64), interpolation=cv2.INTER_LINEAR)
+    redness = out[..., 0] - np.maximum(out[..., 1], out[..., 2])
+    blueness = out[..., 2] - np.maximum(out[..., 0], out[..., 1])
+    hot = np.unravel_index(np.argmax(up), up.shape)
+    cold = np.unravel_index(np.argmin(up), up.shape)
+    # JET's top end (>= ~0.8) is pure red; the reddest pixel must lie in that hot region.
+    reddest = np.unravel_index(np.argmax(redness), redness.shape)
+    norm = (up - up.min()) / (up.max() - up.min())
+    assert norm[reddest] > 0.8 and redness[hot] > 0 and blueness[cold] > 0
+    assert out[hot][0] > out[hot][2] and out[cold][2] > out[cold][0]
+
+
+def test_overlay_input_checks_and_grayscale():
+    g = _image()[:, :, 0]
+    assert overlays.heatmap_overlay(g, _blob()).shape == (64, 80, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        overlays.heatmap_overlay(g.astype(np.float32), _blob())
+    with pytest.raises(ValueError, match="interpolation"):
+        overlays.heatmap_overlay(g, _blob(), interpolation="nearest")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        overlays.heatmap_overlay(g, _blob() * 3, normalize="none")
+
+
+def test_draw_contour_outlines_the_thresholded_region():
+    img = np.zeros((40, 40, 3), np.uint8)
+    heat = np.zeros((40, 40), np.float32)
+    heat[10:20, 15:30] = 1.0
+    out = overlays.draw_contour(img, heat, level=0.65, color=(255, 255, 0), dilate=1)
+    yellow = np.all(out == (255, 255, 0), axis=2)
+    ring = np.zeros((40, 40), bool)
+    ring[10:20, 15:30] = True
+    ring[11:19, 16:29] = False
+    assert np.array_equal(yellow, ring)
+    thick = np.all(overlays.draw_contour(img, heat, dilate=6) == (255, 255, 0), axis=2)
+    assert thick.sum() > yellow.sum() and thick[14, 15]
+    assert not np.any(img)  # input untouched
+
+
+def test_draw_boxes_crop_and_side_by_side(tmp_path):
+    img = np.zeros((64, 64, 3), np.uint8)
+    out = overlays.draw_boxes(
+        img,
+        [(10, 20, 30, 20), Box(0, 40, 50, 10, 10)],
+        color=(0, 255, 0),
+        labels=["Mass", "Nodule"],
+        thickness=1,
+    )
+    assert np.all(out[30, 10] == (0, 255, 0)) and np.all(out[30, 39] == (0, 255, 0))
+    assert np.all(out[30, 25] == 0)  # box interior untouched
+    assert np.any(out[:20, 10:40] != 0)  # label drawn above the first box
+    patch = overlays.crop_patch(out, (50, 50, 30, 30))
+    assert patch.shape == (14, 14, 3)
+    with pytest.raises(ValueError, match="does not overlap"):
+        overlays.crop_patch(out, (70, 70, 5, 5))
+    panel = overlays.side_by_side([img, np.zeros((32, 48), np.uint8)], ["input", "overlay"], pad=4)
+    assert panel.dtype == np.uint8 and panel.shape[1] == 64 + 96 + 3 * 4
+    assert np.any(panel[:20] < 128)  # titles are dark text on the white background
+    path = overlays.save_png(str(tmp_path / "sub" / "panel.png"), panel)
+    assert np.array_equal(np.asarray(Image.open(path)), panel)
+
+
+def test_report_escapes_text_and_links_existing_images(tmp_path):
+    fig_dir = tmp_path / "figs"
+    overlays.save_png(str(fig_dir / "a.png"), _image())
+    abs_fig = overlays.save_png(str(tmp_path / "b.png"), _image())
+    path = report.write_html_report(
+        str(tmp_path / "report.html"),
+        "Patient <01> & co",
+        [
+            {
+                "heading": "Prediction",
+                "text": "p < 0.5 & <script>x</script>",
+                "probabilities": {"Mass": 0.81, "Effusion <L>": 0.12},
+            },
+            {
+                "table": [{"class": "Mass", "auc": 0.91234}, {"class": "Nodule", "n": 3}],
+                "caption": "per-class",
+            },
+            {
+                "figures": [
+                    {"image": "figs/a.png", "caption": 'prototype "3"'},
+                    {"image": abs_fig, "wide": True},
+                ]
+            },
+        ],
+    )
+    page = open(path, encoding="utf-8").read()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "Patient &lt;01&gt; &amp; co" in page and "Effusion &lt;L&gt;" in page
+    assert "prototype &quot;3&quot;" in page and "0.9123" in page and "n/a" in page
+    assert page.index("Mass") < page.index("Effusion")  # sorted by probability
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert srcs == ["figs/a.png", "b.png"] and page.count('<figure class="wide">') == 1
+    assert all(os.path.isfile(tmp_path / s) for s in srcs)
+    with pytest.raises(ValueError, match="does not exist"):
+        report.write_html_report(
+            str(tmp_path / "r2.html"), "t", [{"figures": [{"image": "x.png"}]}]
+        )
+    with pytest.raises(ValueError, match="unknown keys"):
+        report.write_html_report(str(tmp_path / "r3.html"), "t", [{"txt": "typo"}])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        report.write_html_report(str(tmp_path / "r4.html"), "t", [{"probabilities": {"a": 1.5}}])
+
+
+def test_atlas_groups_by_class_and_writes_json(tmp_path):
+    for k in range(3):
+        overlays.save_png(str(tmp_path / "protos" / f"{k}.png"), _image(seed=k))
+    entries = [
+        {
+            "prototype_id": 2,
+            "class_name": "Mass",
+            "source_image_id": "img_b",
+            "location": [3, 4],
+            "distance": np.float32(0.25),
+            "image": "protos/2.png",
+            "hit_count": np.int64(7),
+        },
+        {
+            "prototype_id": 0,
+            "class_name": "Effusion & more",
+            "source_image_id": "img_a",
+            "similarity": 0.9,
+            "image": "protos/0.png",
+        },
+        {
+            "prototype_id": 1,
+            "class_name": "Mass",
+            "source_image_id": "<img_c>",
+            "location": (1, 1),
+            "distance": 0.5,
+            "image": "protos/1.png",
+        },
+    ]
+    json_path, html_path = atlas.write_atlas(str(tmp_path), entries, title="Atlas")
+    data = json.load(open(json_path))
+    assert data["classes"] == ["Mass", "Effusion & more"] and data["num_prototypes"] == 3
+    assert [e["prototype_id"] for e in data["entries"]] == [1, 2, 0]
+    assert data["entries"][1]["hit_count"] == 7 and data["entries"][0]["location"] == [1, 1]
+    page = open(html_path, encoding="utf-8").read()
+    anchors = re.findall(r'<section id="([^"]+)"', page)
+    assert len(anchors) == 2 and all(f'href="#{a}"' in page for a in anchors)
+    assert "&lt;img_c&gt;" in page and "Effusion &amp; more" in page and "hit count" in page
+    assert page.index('id="prototype-1"') < page.index('id="prototype-2"')
+    with pytest.raises(ValueError, match="missing keys"):
+        atlas.write_atlas(str(tmp_path), [{"prototype_id": 0}])
+    with pytest.raises(ValueError, match="repeat"):
+        atlas.write_atlas(str(tmp_path), [entries[0], entries[0]])
+    with pytest.raises(ValueError, match="inside the atlas folder"):
+        atlas.write_atlas(str(tmp_path), [{**entries[0], "image": "../x.png"}])
+
+
+def test_nice_ticks():
+    np.testing.assert_allclose(plots.nice_ticks(0, 1), [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(plots.nice_ticks(0, 224), [0, 50, 100, 150, 200])
+    np.testing.assert_allclose(plots.nice_ticks(-3, 7.5), [-2.5, 0, 2.5, 5, 7.5])
+
+
+def test_line_plot_writes_png_of_requested_size(tmp_path):
+    t = np.linspace(0, 1, 50)
+    path = plots.line_plot(
+        str(tmp_path / "curves.png"),
+        {
+            "insertion": (t, 1 - np.exp(-4 * t)),
+            "deletion": (t, np.exp(-4 * t)),
+            "single": ([0.5], [0.5]),
+        },
+        title="Insertion / deletion",
+        xlabel="fraction",
+        ylabel="score",
+        size=(400, 300),
+    )
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert img.shape == (300, 400, 3)
+    for color in plots.PALETTE[:3]:  # every curve (and the legend swatch) is drawn
+        assert np.sum(np.abs(img - color).sum(axis=2) < 30) > 20
+    with pytest.raises(ValueError, match="NaN"):
+        plots.line_plot(str(tmp_path / "bad.png"), {"a": ([0, 1], [0, np.nan])})
+    with pytest.raises(ValueError, match="must be equal"):
+        plots.line_plot(str(tmp_path / "bad.png"), {"a": ([0, 1], [0])})
