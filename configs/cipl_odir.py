@@ -27,7 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.name = "odir"
         c.data.root = ""
         c.data.class_weights = CLASS_WEIGHTS
-        c.data.odir_elastic_grayscale = True
+        # cipl.md §5: RandomResizedCrop 672 then 640, affine ±30°/0.3/0.8-1.2/±25 shear.
+        c.data.augment.pair_pad = 32
+        c.data.augment.pair_degrees = 30.0
+        c.data.augment.pair_scale = [0.8, 1.2]
+        c.data.augment.pair_shear = 25.0
     c.mesh = common.mesh_block()
     c.distributed = common.distributed_block()
     return c

@@ -60,10 +60,6 @@ def build(arg, dataset: str, anomaly_class: str, embedding_dim: int) -> ml_colle
                                  seed=0, eval_every_epochs=0.0, best_metric="mAP",
                                  checkpoint_every_steps=100)
     c.optim = ml_collections.ConfigDict({"lr": 1e-4})
-    if arg.synthetic:
-        c.optim.lr = 1e-3
-        c.train.epochs = arg.epochs or 12.0
-
     c.saliency = ml_collections.ConfigDict()
     c.saliency.methods = ("sbsm", "simatt", "simcam")
     c.saliency.topk = 5
@@ -74,6 +70,11 @@ def build(arg, dataset: str, anomaly_class: str, embedding_dim: int) -> ml_colle
     c.saliency.insdel_model = "retrieval_model"  # or "gap1024_compat" (§5.1)
     c.saliency.tie_break = "torch_parity"  # or "stable"
     c.saliency.output_keying = "full_filename_rank_order"  # or "stem_compat"
+
+    if arg.synthetic:
+        c.optim.lr = 1e-3
+        c.train.epochs = arg.epochs or 12.0
+        c.saliency.sbsm_window, c.saliency.sbsm_stride = 8, 3  # ~24/224 and 5/224 of 64 px
 
     c.mesh = common.mesh_block()
     c.distributed = common.distributed_block()

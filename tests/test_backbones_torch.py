@@ -177,14 +177,21 @@ def test_densenet169(tmp_path):
         ("resnet18", ref.BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64),
         ("resnet_tiny", ref.BasicBlock, (1, 1, 1, 1), (8, 16, 32, 64), 32),
         pytest.param(
-            "resnet34", ref.BasicBlock, (3, 4, 6, 3), (64, 128, 256, 512), 64, marks=pytest.mark.slow
+            "resnet34",
+            ref.BasicBlock,
+            (3, 4, 6, 3),
+            (64, 128, 256, 512),
+            64,
+            marks=pytest.mark.slow,
         ),
+        # 128 px: at 64 px layer4's train-mode BN sees 8 values per channel and float32 itself
+        # (torch f32 vs torch f64) is off by ~2.5e-4; in float64 the two agree to 1e-12.
         pytest.param(
             "resnet50",
             ref.Bottleneck,
             (3, 4, 6, 3),
             (64, 128, 256, 512),
-            64,
+            128,
             marks=pytest.mark.slow,
         ),
     ],

@@ -78,7 +78,7 @@ def setup():
     c = _tiny_config()
     index = _index()
     method = cm.CiplMethod(c, index)
-    state = method.init(jax.random.key(0))
+    state = jax.jit(method.init)(jax.random.key(0))
     return method, state
 
 
@@ -94,8 +94,9 @@ def test_init_and_param_groups(setup):
     opts = method.optimizers(steps_per_epoch=3)
     grads = jax.tree.map(jnp.ones_like, p)
     for name, changed in [("joint", "prototype_vectors"), ("last", "last_layer")]:
-        upd, _ = opts[name].update(grads, opts[name].init(p), p)
-        new = optax.apply_updates(p, upd)
+        step = jax.jit(lambda g, p, tx=opts[name]: optax.apply_updates(
+            p, tx.update(g, tx.init(p), p)[0]))
+        new = step(grads, p)
         for key in p:
             moved = any(bool(jnp.any(a != b)) for a, b in
                         zip(jax.tree.leaves(new[key]), jax.tree.leaves(p[key])))
@@ -149,14 +150,17 @@ def test_student_bn_split_threads_stats(setup):
     method, state = setup
     x = _batch()
     a, b = x["image_a"], x["image_b"]
-    _, split = method._student_embed(state["params"], state["batch_stats"], [a, b])
-    _, first = method._student_embed(state["params"], state["batch_stats"], [a])
-    _, second = method._student_embed(state["params"], first, [b])
+    embed = jax.jit(method._student_embed)
+    _, split = embed(state["params"], state["batch_stats"], [a, b])
+    _, first = embed(state["params"], state["batch_stats"], [a])
+    _, second = embed(state["params"], first, [b])
     for u, v in zip(jax.tree.leaves(split), jax.tree.leaves(second)):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
     method.config.model.student_bn_split = False
     try:
-        _, joint = method._student_embed(state["params"], state["batch_stats"], [a, b])
+        # a fresh function: jit caches the bound method's trace (flag read at trace time)
+        joint_fn = jax.jit(lambda p, s, xs: method._student_embed(p, s, xs))
+        _, joint = joint_fn(state["params"], state["batch_stats"], [a, b])
     finally:
         method.config.model.student_bn_split = True
     assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(joint),

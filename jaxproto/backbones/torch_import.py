@@ -23,6 +23,7 @@ is a regex searched in the file's own key names.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -238,7 +239,16 @@ def _shape_of(x: Any) -> tuple[int, ...]:
 
 
 def _template(arch: str, with_head: bool, num_classes: int, overrides: Mapping[str, Any]) -> dict:
-    model = build_backbone(arch, with_head=with_head, num_classes=num_classes, **overrides)
+    """Flat {(collection, path): ShapeDtypeStruct} of the model's variables (no allocation)."""
+    items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()))
+    return _cached_template(arch, with_head, num_classes, items)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_template(
+    arch: str, with_head: bool, num_classes: int, overrides: tuple[tuple[str, Any], ...]
+) -> dict:
+    model = build_backbone(arch, with_head=with_head, num_classes=num_classes, **dict(overrides))
     x = jnp.zeros((1, 64, 64, 3), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     return _flatten(shapes)

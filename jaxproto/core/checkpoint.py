@@ -68,7 +68,9 @@ class Checkpointer:
         return dict(out["meta"])
 
     def has_data_iter(self, step: int) -> bool:
-        return os.path.isdir(os.path.join(self.workdir, "ckpt", str(step), "data_iter"))
+        """True when the step holds a grain iterator state for this process layout."""
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        return os.path.isfile(os.path.join(self.workdir, "ckpt", str(step), "data_iter", name))
 
     def restore(self, step, state_like, shardings, data_iter=None, best: bool = False):
         """Restores (state, meta) into ``state_like``'s structure with ``shardings``; fills

@@ -33,7 +33,13 @@ def _restore_checkpoint(workdir: str, which: str) -> tuple[dict, int]:
         )
     mngr = ocp.CheckpointManager(path, item_names=("state", "data_iter", "meta"))
     step = mngr.latest_step()
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # No target tree: take whatever was saved; arrays land on this process's first device
+    # even when the checkpoint was written by another mesh or number of processes.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=local)),
+    )
     mngr.close()
     state = restored["state"]
     return {k: state.get(k, {}) for k in INFERENCE_KEYS}, step

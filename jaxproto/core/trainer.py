@@ -262,9 +262,12 @@ class Trainer:
                 phase = self.phases[phase_index]
                 stream = self._stream(phase, phase_index)
                 if state is None:
-                    it = stream if (step_in_phase > 0 and ckpt.has_data_iter(resume_step)) else None
+                    same_layout = step_in_phase > 0 and ckpt.has_data_iter(resume_step)
                     state, _ = ckpt.restore(resume_step, self.abstract_state,
-                                            self.state_shardings, data_iter=it)
+                                            self.state_shardings,
+                                            data_iter=stream if same_layout else None)
+                    if step_in_phase > 0 and not same_layout:
+                        _seek(stream, step_in_phase)
                 ctx = _Context(cfg, self.workdir, self.mesh, self.index, self.is_main, self)
                 if step_in_phase == 0:
                     for hook in phase.before:
@@ -363,6 +366,21 @@ class Trainer:
                 f"non-finite values at step {step}: {terms}. The last good checkpoint in "
                 f"{self.workdir}/ckpt is kept; lower the learning rate or check the data."
             )
+
+
+def _seek(stream, batches: int) -> None:
+    """Positions a fresh stream after ``batches`` batches. Used when a checkpoint was written
+    by a different number of processes: the stream position is layout-independent (global
+    batch i is the same examples for any process count), grain's per-process files are not."""
+    position = stream.get_state()
+    if set(position) != {"next_index"}:
+        raise RuntimeError(
+            "resuming with a different number of processes needs train.worker_count=0 for the "
+            "first run after the change"
+        )
+    stream.set_state({"next_index": int(batches)})
+    log.info("data stream positioned at batch %d (checkpoint from another process layout)",
+             batches)
 
 
 def _scalars(metrics: dict) -> dict:

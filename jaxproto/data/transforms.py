@@ -13,16 +13,20 @@ xmir.md §1, csr.md §5); Python-`random` parity is impossible, so only distribu
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from scipy import ndimage, sparse
 
 from jaxproto.data.records import Box
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_NORM_SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
+_NORM_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 
 
 def _check_image(img: np.ndarray) -> np.ndarray:
@@ -34,8 +38,10 @@ def _check_image(img: np.ndarray) -> np.ndarray:
 
 def imagenet_normalize(img: np.ndarray) -> np.ndarray:
     """uint8 HxWx3 -> float32 (x/255 - mean) / std with ImageNet statistics."""
-    img = _check_image(img)
-    return ((img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    x = _check_image(img).astype(np.float32)
+    x *= _NORM_SCALE  # one multiply-add: (x/255 - mean)/std = x * s + o
+    x += _NORM_OFFSET
+    return x
 
 
 # --------------------------------------------------------------------------- resizing
@@ -59,8 +65,6 @@ def _pil_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _resample_axis(img: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     """Applies the PIL taps along ``axis`` as a sparse (out x in) matrix product."""
-    from scipy import sparse
-
     n = img.shape[axis]
     if n == out_size:
         return img
@@ -81,9 +85,10 @@ def resize_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _cv_resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Fast resize for augmentation: area averaging when shrinking, bilinear when enlarging."""
-    shrink = width < img.shape[1] or height < img.shape[0]
-    flag = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    """Fast resize for augmentation: area averaging when shrinking by more than 1.5x (against
+    aliasing), bilinear otherwise."""
+    shrink = max(img.shape[1] / width, img.shape[0] / height)
+    flag = cv2.INTER_AREA if shrink > 1.5 else cv2.INTER_LINEAR
     return cv2.resize(img, (width, height), interpolation=flag)
 
 
@@ -125,15 +130,15 @@ def scale_boxes(
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
-    """PIL 'L' conversion (ITU-R 601-2 luma), float32 HxW."""
-    x = img.astype(np.float32)
-    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+    """PIL 'L' conversion (ITU-R 601-2 luma, rounded to uint8), HxW."""
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
 
 
-def _blend(img: np.ndarray, other, factor: float) -> np.ndarray:
-    """PIL ImageEnhance: other + factor * (img - other), clipped to uint8."""
-    out = np.asarray(other, np.float32) + factor * (img.astype(np.float32) - other)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+def _blend(img: np.ndarray, other: np.ndarray | float, factor: float) -> np.ndarray:
+    """PIL ImageEnhance: other + factor * (img - other), rounded and clipped to uint8."""
+    if np.isscalar(other):
+        return cv2.addWeighted(img, factor, img, 0.0, (1.0 - factor) * float(other))
+    return cv2.addWeighted(img, factor, other, 1.0 - factor, 0.0)
 
 
 def adjust_brightness(img: np.ndarray, f: float) -> np.ndarray:
@@ -141,17 +146,17 @@ def adjust_brightness(img: np.ndarray, f: float) -> np.ndarray:
 
 
 def adjust_contrast(img: np.ndarray, f: float) -> np.ndarray:
-    return _blend(img, float(np.round(_gray(img).mean())), f)
+    return _blend(img, float(int(_gray(img).mean() + 0.5)), f)
 
 
 def adjust_saturation(img: np.ndarray, f: float) -> np.ndarray:
-    return _blend(img, _gray(img)[..., None], f)
+    return _blend(img, cv2.cvtColor(_gray(img), cv2.COLOR_GRAY2RGB), f)
 
 
 def adjust_sharpness(img: np.ndarray, f: float) -> np.ndarray:
     """PIL ImageEnhance.Sharpness: blend with the SMOOTH-filtered image, borders untouched."""
     k = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
-    smooth = cv2.filter2D(img.astype(np.float32), -1, k, borderType=cv2.BORDER_REPLICATE)
+    smooth = cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REPLICATE)
     smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = img[0], img[-1], img[:, 0], img[:, -1]
     return _blend(img, smooth, f)
 
@@ -211,7 +216,7 @@ def elastic_deform(
     dy = ay @ disp[0] @ ax.T
     dx = ay @ disp[1] @ ax.T
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-    src = np.round(_gray(img)).astype(np.uint8) if grayscale else img
+    src = _gray(img) if grayscale else img
     out = cv2.remap(
         src,
         (gx + dx).astype(np.float32),
@@ -223,15 +228,16 @@ def elastic_deform(
     return np.repeat(out[..., None], 3, axis=2) if grayscale else out
 
 
+@functools.lru_cache(maxsize=32)
 def _spline_basis(points: int, n: int) -> np.ndarray:
     """(n, points) weights: cubic B-spline interpolation of ``points`` control values placed at
     linspace(0, n-1, points), evaluated at every pixel (scipy's order-3 spline, mirror ends)."""
-    from scipy import ndimage
-
     coords = np.linspace(0.0, points - 1.0, n)[None, :]
     eye = np.eye(points)
     cols = [ndimage.map_coordinates(eye[j], coords, order=3, mode="mirror") for j in range(points)]
-    return np.stack(cols, axis=1).astype(np.float32)
+    basis = np.stack(cols, axis=1).astype(np.float32)
+    basis.flags.writeable = False  # cached and shared
+    return basis
 
 
 def cutout_abs(img: np.ndarray, rng: np.random.Generator, size: int = 25) -> np.ndarray:

@@ -49,6 +49,18 @@ def cipl_config(
     c.data.class_weights = []  # empty = total positives / class count (cipl.md §3.3)
     c.data.background_weight_single = 2.0  # background weight multiplier, warm-up loader
     c.data.background_weight_pairs = 3.0  # and main/last-layer loader
+    # cipl.md §3.4 (chest X-ray values; configs/cipl_odir.py sets ODIR's).
+    c.data.augment = ml_collections.ConfigDict()
+    c.data.augment.single_degrees = 30.0
+    c.data.augment.single_translate = 0.3
+    c.data.augment.single_scale = [0.8, 1.2]
+    c.data.augment.single_shear = 25.0
+    c.data.augment.pair_pad = 0  # 0 = size // 16 (544 for 512)
+    c.data.augment.pair_degrees = 45.0
+    c.data.augment.pair_translate = 0.3
+    c.data.augment.pair_scale = [0.7, 1.3]
+    c.data.augment.pair_shear = 40.0
+    c.data.augment.elastic_grayscale = True  # odir_elastic_grayscale flag (cipl.md §8)
 
     c.train = train
     c.train.update(

@@ -232,14 +232,23 @@ class CiplMethod(Method):
         d, seed = self.config.data, int(self.config.train.seed)
         size = int(self.config.model.image_size)
         labels = np.stack([r.labels for r in records]).astype(np.float32)
+        aug = d.augment
         if phase.data == "single":
             w = self._image_weights(labels, float(d.background_weight_single))
-            return (samplers.WeightedSampler(w, len(records), seed),
-                    SingleExample(records, transforms.CiplTrainTransform(size)))
+            tf = transforms.CiplTrainTransform(
+                size, degrees=aug.single_degrees, translate=aug.single_translate,
+                scale=tuple(aug.single_scale), shear=aug.single_shear,
+                elastic_grayscale=bool(aug.elastic_grayscale),
+            )
+            return samplers.WeightedSampler(w, len(records), seed), SingleExample(records, tf)
         if phase.data == "pairs":
             w = self._image_weights(labels, float(d.background_weight_pairs))
-            return (samplers.PairSampler(labels, seed, weights=w),
-                    PairExample(records, transforms.CiplPairViewTransform(size)))
+            tf = transforms.CiplPairViewTransform(
+                size, pad=int(aug.pair_pad) or None, degrees=aug.pair_degrees,
+                translate=aug.pair_translate, scale=tuple(aug.pair_scale), shear=aug.pair_shear,
+                elastic_grayscale=bool(aug.elastic_grayscale),
+            )
+            return samplers.PairSampler(labels, seed, weights=w), PairExample(records, tf)
         raise ValueError(f"CIPL has no data variant {phase.data!r}; use 'single' or 'pairs'")
 
     def eval_example(self, record: Record) -> dict[str, np.ndarray]:
