@@ -33,8 +33,13 @@ def get_config(arg=None):
     c.data.clever_hans = False
     c.data.prepared = ""
 
-    c.train = common.train_block(batch_size=32, eval_batch_size=64, epochs=8.0,
-                                 best_metric="mean_auc", checkpoint_every_steps=100)
+    c.train = common.train_block(
+        batch_size=32,
+        eval_batch_size=64,
+        epochs=8.0,
+        best_metric="mean_auc",
+        checkpoint_every_steps=100,
+    )
     c.optim = ml_collections.ConfigDict(
         {"optimizer": "adamw", "lr": 3e-3 if arg.synthetic else 1e-4, "weight_decay": 1e-4}
     )

@@ -10,7 +10,7 @@ import ml_collections
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """Parses ``key=value,flag`` into a ConfigDict typed like ``defaults``; unknown keys are errors."""
+    """Parses ``key=value,flag`` into a ConfigDict typed like ``defaults``; unknown keys fail."""
     out = ml_collections.ConfigDict(dict(defaults))
     for item in filter(None, (s.strip() for s in (arg or "").split(","))):
         key, sep, value = item.partition("=")
@@ -37,7 +37,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             try:
                 out[key] = float(value)
             except ValueError:
-                raise ValueError(f"config argument {key!r} expects a float, got {value!r}") from None
+                raise ValueError(
+                    f"config argument {key!r} expects a float, got {value!r}"
+                ) from None
         else:
             out[key] = value
     return out

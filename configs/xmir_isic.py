@@ -18,8 +18,16 @@ from configs import common
 
 def build(arg, dataset: str, anomaly_class: str, embedding_dim: int) -> ml_collections.ConfigDict:
     """The X-MIR config for ``dataset`` (see the module docstring for the ``arg`` variants)."""
-    arg = common.parse_arg(arg, synthetic=False, runlocal=False, anomaly=False, backbone="",
-                           image_size=0, embedding_dim=-1, epochs=0.0)
+    arg = common.parse_arg(
+        arg,
+        synthetic=False,
+        runlocal=False,
+        anomaly=False,
+        backbone="",
+        image_size=0,
+        embedding_dim=-1,
+        epochs=0.0,
+    )
     c = ml_collections.ConfigDict()
     c.method = "xmir"
     c.model = ml_collections.ConfigDict()
@@ -56,9 +64,15 @@ def build(arg, dataset: str, anomaly_class: str, embedding_dim: int) -> ml_colle
 
     n_classes = 2 if arg.anomaly else 3
     epochs = arg.epochs or 20.0
-    c.train = common.train_block(batch_size=n_classes * 16, eval_batch_size=64, epochs=epochs,
-                                 seed=0, eval_every_epochs=0.0, best_metric="mAP",
-                                 checkpoint_every_steps=100)
+    c.train = common.train_block(
+        batch_size=n_classes * 16,
+        eval_batch_size=64,
+        epochs=epochs,
+        seed=0,
+        eval_every_epochs=0.0,
+        best_metric="mAP",
+        checkpoint_every_steps=100,
+    )
     c.optim = ml_collections.ConfigDict({"lr": 1e-4})
     c.saliency = ml_collections.ConfigDict()
     c.saliency.methods = ("sbsm", "simatt", "simcam")

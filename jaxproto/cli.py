@@ -42,8 +42,9 @@ def config_from_flags(required: bool = True):
     """The config named by --config with --config.* overrides applied (None if absent)."""
     if _State.spec is None:
         if required:
-            _fail("--config is required, e.g. --config configs/cipl_odir.py:synthetic\n"
-                  + CONFIG_HELP)
+            _fail(
+                "--config is required, e.g. --config configs/cipl_odir.py:synthetic\n" + CONFIG_HELP
+            )
         return None
     try:
         return config_lib.build_config(_State.spec, _State.overrides)

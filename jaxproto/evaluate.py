@@ -18,12 +18,6 @@ from absl import flags
 
 from jaxproto import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
-_EXPORT = flags.DEFINE_string("export", None, "Export folder (instead of --workdir).")
-_SPLIT = flags.DEFINE_string("split", "test", "Dataset split to evaluate.")
-_WHICH = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Workdir checkpoint.")
-_OUT = flags.DEFINE_string("out", None, "Output JSON (default <workdir>/eval/<split>.json).")
-
 log = logging.getLogger("jaxproto.evaluate")
 
 
@@ -51,14 +45,17 @@ def main(argv):
     from jaxproto.core import restore
 
     log_lib.setup_logging()
-    config, method, state = restore.load_for_inference(_WORKDIR.value, _EXPORT.value,
-                                                       _WHICH.value)
+    config, method, state = restore.load_for_inference(
+        flags.FLAGS.workdir, flags.FLAGS.export, flags.FLAGS.checkpoint
+    )
     from jaxproto.cli import _State
 
     for key, value in _State.overrides:
         config_lib.apply_override(config, key, value)
-    result = evaluate(config, method, state, _SPLIT.value)
-    out = _OUT.value or os.path.join(_WORKDIR.value or _EXPORT.value, "eval", f"{_SPLIT.value}.json")
+    result = evaluate(config, method, state, flags.FLAGS.split)
+    out = flags.FLAGS.out or os.path.join(
+        flags.FLAGS.workdir or flags.FLAGS.export, "eval", f"{flags.FLAGS.split}.json"
+    )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1, default=float)
@@ -66,5 +63,15 @@ def main(argv):
     log.info("wrote %s", out)
 
 
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so modules import cleanly)."""
+    flags.DEFINE_string("workdir", None, "Training workdir.")
+    flags.DEFINE_string("export", None, "Export folder (instead of --workdir).")
+    flags.DEFINE_string("split", "test", "Dataset split to evaluate.")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Workdir checkpoint.")
+    flags.DEFINE_string("out", None, "Output JSON (default <workdir>/eval/<split>.json).")
+
+
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

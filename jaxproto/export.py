@@ -25,11 +25,6 @@ from jaxproto.cli import UserFacingError
 FORMAT_VERSION = 1
 FILES = ("variables.msgpack", "config.json", "dataset.json")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.")
-_OUT = flags.DEFINE_string("out", None, "Export folder to write.")
-_WHICH = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
-                           "Which checkpoint: best by train.best_metric (falls back to latest).")
-
 
 class ExportError(UserFacingError, ValueError):
     """An export folder that cannot be used as it is."""
@@ -116,17 +111,32 @@ def main(argv):
     from jaxproto.core import restore, workdir
 
     log_lib.setup_logging()
-    if not _WORKDIR.value or not _OUT.value:
+    if not flags.FLAGS.workdir or not flags.FLAGS.out:
         raise cli.UserFacingError("--workdir and --out are required")
-    config, _, state = restore.load_for_inference(workdir=_WORKDIR.value, which=_WHICH.value)
-    meta = workdir.read_dataset_meta(_WORKDIR.value)
-    path = write_export(_OUT.value, config, meta, state)
+    config, _, state = restore.load_for_inference(
+        workdir=flags.FLAGS.workdir, which=flags.FLAGS.checkpoint
+    )
+    meta = workdir.read_dataset_meta(flags.FLAGS.workdir)
+    path = write_export(flags.FLAGS.out, config, meta, state)
     import logging
 
     logging.getLogger("jaxproto.export").info("wrote %s", path)
 
 
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so modules import cleanly)."""
+    flags.DEFINE_string("workdir", None, "Training workdir to export.")
+    flags.DEFINE_string("out", None, "Export folder to write.")
+    flags.DEFINE_enum(
+        "checkpoint",
+        "best",
+        ["best", "latest"],
+        "Which checkpoint: best by train.best_metric (falls back to latest).",
+    )
+
+
 if __name__ == "__main__":
+    define_flags()
     from jaxproto import cli
 
     cli.run(main)

@@ -21,13 +21,6 @@ from absl import flags
 
 from jaxproto import cli
 
-_EXPORT = flags.DEFINE_string("export", None, "Export folder.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (instead of --export).")
-_IMAGES = flags.DEFINE_multi_string("images", [], "Image files or folders (repeatable).")
-_OUT = flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
-_SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip unreadable images instead of stopping.")
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
 
 log = logging.getLogger("jaxproto.predict")
@@ -39,8 +32,11 @@ def expand_images(items: list[str]) -> list[str]:
     for item in items:
         if os.path.isdir(item):
             for root, _, files in sorted(os.walk(item)):
-                out.extend(os.path.join(root, f) for f in sorted(files)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+                out.extend(
+                    os.path.join(root, f)
+                    for f in sorted(files)
+                    if f.lower().endswith(IMAGE_EXTENSIONS)
+                )
         else:
             out.append(item)
     if not out:
@@ -61,7 +57,7 @@ def predict_files(method, state, paths: list[str], batch_size: int, skip_bad: bo
     progress = Progress(len(paths), 0, "predict", 1)
     for start in range(0, len(paths), batch_size):
         examples, names = [], []
-        for path in paths[start:start + batch_size]:
+        for path in paths[start : start + batch_size]:
             record = Record(os.path.basename(path), path, np.zeros((n_classes,), np.float32))
             try:
                 examples.append(method.eval_example(record))
@@ -119,17 +115,31 @@ def main(argv):
     from jaxproto.core import restore
 
     log_lib.setup_logging()
-    _, method, state = restore.load_for_inference(_WORKDIR.value, _EXPORT.value)
-    paths = expand_images(_IMAGES.value)
-    kept, preds, skipped = predict_files(method, state, paths, _BATCH.value, _SKIP_BAD.value)
+    _, method, state = restore.load_for_inference(flags.FLAGS.workdir, flags.FLAGS.export)
+    paths = expand_images(flags.FLAGS.images)
+    kept, preds, skipped = predict_files(
+        method, state, paths, flags.FLAGS.batch_size, flags.FLAGS.skip_bad
+    )
     if not kept:
         raise cli.UserFacingError("no image could be read")
-    for path in write_outputs(_OUT.value, method, kept, preds, skipped):
+    for path in write_outputs(flags.FLAGS.out, method, kept, preds, skipped):
         log.info("wrote %s", path)
     if skipped:
-        log.warning("%d of %d images skipped (listed in the _skipped.json file)",
-                    len(skipped), len(paths))
+        log.warning(
+            "%d of %d images skipped (listed in the _skipped.json file)", len(skipped), len(paths)
+        )
+
+
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so modules import cleanly)."""
+    flags.DEFINE_string("export", None, "Export folder.")
+    flags.DEFINE_string("workdir", None, "Training workdir (instead of --export).")
+    flags.DEFINE_multi_string("images", [], "Image files or folders (repeatable).")
+    flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
+    flags.DEFINE_bool("skip_bad", False, "Skip unreadable images instead of stopping.")
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

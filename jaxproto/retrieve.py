@@ -9,8 +9,9 @@ writes INDEX/embeddings.npy + INDEX/manifest.json. ``query`` finds the k nearest
 (Euclidean distance of unit embeddings) and writes DIR/results.json and DIR/index.html with the
 query, its neighbours and a saliency overlay (SBSM, SimAtt, SimCAM) per pair. ``saliency-eval``
 runs leave-one-out retrieval on the model's test split and writes insertion/deletion AUCs of each
-saliency method and of a random map (per-query JSON, summary, mean-curve plot). The model comes
-from --export or --workdir (``query`` defaults to the one recorded in the index).
+saliency method and of a random map (noise on the feature grid, upsampled): per-query JSON,
+summary and a mean-curve plot. The model comes from --export or --workdir (``query`` defaults
+to the one recorded in the index).
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ class Model:
         self.config, self.method, state = load_for_inference(workdir=workdir, export=export)
         if self.config.method != "xmir":
             raise ValueError(f"the model is a {self.config.method!r} model, not an xmir one")
-        self.source = {"workdir": workdir and os.path.abspath(workdir),
-                       "export": export and os.path.abspath(export)}
+        self.source = {
+            "workdir": workdir and os.path.abspath(workdir),
+            "export": export and os.path.abspath(export),
+        }
         self.variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-        mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                             axis_types=(jax.sharding.AxisType.Auto,))
+        mesh = jax.make_mesh(
+            (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+        )
         self.sharding = jax.sharding.NamedSharding(mesh, jax.P("data"))
         self._embed = jax.jit(self.method.embed)
 
@@ -51,8 +55,9 @@ class Model:
         """Normalised HxWx3 test-time image."""
         from jaxproto.data.records import Record
 
-        record = Record(image_id=os.path.basename(path), path=path,
-                        labels=np.zeros((0,), np.float32))
+        record = Record(
+            image_id=os.path.basename(path), path=path, labels=np.zeros((0,), np.float32)
+        )
         return self.method.eval_example(record)["image"]
 
     def embed_batch(self, images: np.ndarray) -> np.ndarray:
@@ -66,7 +71,8 @@ class Model:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Normalised image back to uint8 RGB."""
     return np.clip(np.round((image * IMAGENET_STD + IMAGENET_MEAN) * 255.0), 0, 255).astype(
-        np.uint8)
+        np.uint8
+    )
 
 
 def cmd_index(args) -> None:
@@ -74,10 +80,14 @@ def cmd_index(args) -> None:
 
     model = Model(args.workdir, args.export)
     paths = search.list_images(args.images)
-    emb = search.embed_images(model.embed_batch, model.load, paths,
-                              model.batch_size(args.batch_size))
-    meta = {**model.source, "backbone": model.config.model.backbone,
-            "image_size": int(model.config.model.image_size)}
+    emb = search.embed_images(
+        model.embed_batch, model.load, paths, model.batch_size(args.batch_size)
+    )
+    meta = {
+        **model.source,
+        "backbone": model.config.model.backbone,
+        "image_size": int(model.config.model.image_size),
+    }
     search.save_index(args.out, emb, paths, meta)
     log.info("indexed %d images (%d-d) into %s", len(paths), emb.shape[1], args.out)
 
@@ -120,15 +130,24 @@ def cmd_query(args) -> None:
         image = model.load(path)
         name = f"rank{rank + 1:03d}"
         save_png(os.path.join(args.out, f"{name}.png"), to_uint8(image))
-        figures.append({"image": f"{name}.png",
-                        "caption": f"#{rank + 1} {os.path.basename(path)} (d = {d:.4f})"})
+        figures.append(
+            {
+                "image": f"{name}.png",
+                "caption": f"#{rank + 1} {os.path.basename(path)} (d = {d:.4f})",
+            }
+        )
         if rank >= args.saliency_top or not methods:
             continue
         maps = model.method.saliency_maps(
-            model.variables, jax.numpy.asarray(query), jax.numpy.asarray(image), methods,
-            sbsm_window=int(s.get("sbsm_window", 24)), sbsm_stride=int(s.get("sbsm_stride", 5)),
+            model.variables,
+            jax.numpy.asarray(query),
+            jax.numpy.asarray(image),
+            methods,
+            sbsm_window=int(s.get("sbsm_window", 24)),
+            sbsm_stride=int(s.get("sbsm_stride", 5)),
             chunk_size=model.batch_size(int(s.get("chunk_size", 250))),
-            batch_sharding=model.sharding)
+            batch_sharding=model.sharding,
+        )
         for method_name, sal in maps.items():
             file = f"{name}_{method_name}.png"
             np.save(os.path.join(args.out, f"{name}_{method_name}.npy"), sal)
@@ -137,17 +156,38 @@ def cmd_query(args) -> None:
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"query": os.path.abspath(args.image), "neighbours": neighbours}, f, indent=1)
     page = write_html_report(
-        os.path.join(args.out, "index.html"), f"Retrieval for {os.path.basename(args.image)}",
-        [{"heading": "Query", "figures": [{"image": "query.png",
-                                           "caption": os.path.basename(args.image)}]},
-         {"heading": "Nearest gallery images", "table": neighbours,
-          "caption": "Euclidean distance between unit embeddings (0 = identical, 2 = opposite)"},
-         {"heading": "Neighbours and saliency",
-          "text": "Saliency marks the regions of each retrieved image that make it similar to "
-                  "the query (SBSM: occlusion; SimAtt: similarity attention; SimCAM: "
-                  "similarity decomposition).",
-          "figures": figures}])
+        os.path.join(args.out, "index.html"),
+        f"Retrieval for {os.path.basename(args.image)}",
+        [
+            {
+                "heading": "Query",
+                "figures": [{"image": "query.png", "caption": os.path.basename(args.image)}],
+            },
+            {
+                "heading": "Nearest gallery images",
+                "table": neighbours,
+                "caption": "Euclidean distance of unit embeddings (0 = identical, 2 = opposite)",
+            },
+            {
+                "heading": "Neighbours and saliency",
+                "text": "Saliency marks the regions of each retrieved image that make it "
+                "similar to the query (SBSM: occlusion; SimAtt: similarity attention; SimCAM: "
+                "similarity decomposition).",
+                "figures": figures,
+            },
+        ],
+    )
     log.info("wrote %s", page)
+
+
+def random_map(rng: np.random.Generator, grid: tuple[int, int], size: tuple[int, int]):
+    """The baseline map: uniform noise on the explanation layer's grid, upsampled bilinearly --
+    as smooth as SimAtt/SimCAM maps (pixel-level noise would scatter deletions, which hurts a
+    CNN far more than removing any region and would make every map look bad)."""
+    from jaxproto.kernels.saliency import upsample
+
+    noise = jax.numpy.asarray(rng.random(tuple(grid)), jax.numpy.float32)
+    return np.asarray(upsample(noise, tuple(size)))
 
 
 def cmd_saliency_eval(args) -> None:
@@ -173,12 +213,14 @@ def cmd_saliency_eval(args) -> None:
     records = load_index(cfg.data, BadSampleReport(cfg.data.on_bad_sample)).split(args.split)
     labels = class_labels(records)
     images = np.stack([model.method.eval_example(r)["image"] for r in records])
-    emb = search.embed_images(model.embed_batch, lambda i: images[int(i)],
-                              list(range(len(records))), model.batch_size(64))
+    emb = search.embed_images(
+        model.embed_batch, lambda i: images[int(i)], list(range(len(records))), model.batch_size(64)
+    )
     _, idx = search.knn(emb, emb, min(topk + 1, len(records)))
     n_queries = len(records) if args.num_queries <= 0 else min(args.num_queries, len(records))
     rng = np.random.default_rng(args.seed)
     names = [os.path.basename(r.path) or r.image_id for r in records]
+    feat_hw = model.method.features(model.variables, images[:1]).shape[1:3]
     class_names = list(model.method.class_names())
     results, curves = [], {}
     for qi in range(n_queries):
@@ -188,20 +230,38 @@ def cmd_saliency_eval(args) -> None:
         for rank, j in enumerate(neighbours):
             r_img = jax.numpy.asarray(images[j])
             maps = model.method.saliency_maps(
-                model.variables, q_img, r_img, methods,
+                model.variables,
+                q_img,
+                r_img,
+                methods,
                 sbsm_window=int(s.get("sbsm_window", 24)),
                 sbsm_stride=int(s.get("sbsm_stride", 5)),
                 chunk_size=model.batch_size(int(s.get("chunk_size", 250))),
-                batch_sharding=model.sharding)
-            maps["random"] = rng.random(r_img.shape[:2]).astype(np.float32)
+                batch_sharding=model.sharding,
+            )
+            maps["random"] = random_map(rng, feat_hw, r_img.shape[:2])
             for method_name, sal in maps.items():
-                out = insdel.insertion_deletion(scorer, model.variables, q_score, r_img, sal,
-                                                step=args.step or None, mode=mode,
-                                                tie_break=tie_break)
-                results.append({"method": method_name, "query": names[qi],
-                                "class_name": class_names[labels[qi]], "retrieved": names[j],
-                                "rank": rank, "insertion_auc": out["insertion_auc"],
-                                "deletion_auc": out["deletion_auc"]})
+                out = insdel.insertion_deletion(
+                    scorer,
+                    model.variables,
+                    q_score,
+                    r_img,
+                    sal,
+                    step=args.step or None,
+                    mode=mode,
+                    tie_break=tie_break,
+                )
+                results.append(
+                    {
+                        "method": method_name,
+                        "query": names[qi],
+                        "class_name": class_names[labels[qi]],
+                        "retrieved": names[j],
+                        "rank": rank,
+                        "insertion_auc": out["insertion_auc"],
+                        "deletion_auc": out["deletion_auc"],
+                    }
+                )
                 c = curves.setdefault(method_name, {"insertion": [], "deletion": []})
                 c["insertion"].append(out["insertion"])
                 c["deletion"].append(out["deletion"])
@@ -210,13 +270,19 @@ def cmd_saliency_eval(args) -> None:
                     os.makedirs(folder, exist_ok=True)
                     np.save(os.path.join(folder, f"{rank:02d}_{names[j]}.npy"), sal)
     summary = insdel.write_outputs(args.out, results, curves, keying)
-    print(json.dumps({m: {k: v for k, v in r.items() if k != "per_class"}
-                      for m, r in summary.items()}))
+    print(
+        json.dumps(
+            {m: {k: v for k, v in r.items() if k != "per_class"} for m, r in summary.items()}
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxproto.retrieve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m jaxproto.retrieve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp, required):
@@ -237,10 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--image", required=True)
     sp.add_argument("--k", type=int, default=10)
     sp.add_argument("--out", required=True, help="output folder (results.json, index.html)")
-    sp.add_argument("--saliency", default="sbsm,simatt,simcam",
-                    help="comma-separated saliency methods, or 'none'")
-    sp.add_argument("--saliency-top", type=int, default=5,
-                    help="explain only the first N neighbours (the original: 5)")
+    sp.add_argument(
+        "--saliency",
+        default="sbsm,simatt,simcam",
+        help="comma-separated saliency methods, or 'none'",
+    )
+    sp.add_argument(
+        "--saliency-top",
+        type=int,
+        default=5,
+        help="explain only the first N neighbours (the original: 5)",
+    )
     sp.add_argument("--chunk-size", type=int, default=65536, help="gallery rows per search step")
     sp.set_defaults(fn=cmd_query)
 
@@ -264,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError) as e:

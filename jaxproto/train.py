@@ -19,15 +19,13 @@ from absl import flags
 
 from jaxproto import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes if it has checkpoints).")
-
 log = logging.getLogger("jaxproto.train")
 
 
 def main(argv):
     del argv
     config = cli.config_from_flags()
-    if not _WORKDIR.value:
+    if not flags.FLAGS.workdir:
         raise cli.UserFacingError("--workdir is required")
     from jaxproto.core import logging as log_lib
     from jaxproto.core import parallel
@@ -36,7 +34,7 @@ def main(argv):
     parallel.initialize_distributed(config.get("distributed"))
     from jaxproto.core.trainer import Trainer, TrainingDiverged
 
-    trainer = Trainer(config, _WORKDIR.value)
+    trainer = Trainer(config, flags.FLAGS.workdir)
     try:
         trainer.train()
     except TrainingDiverged as e:
@@ -44,5 +42,11 @@ def main(argv):
     log.info("done: %s", trainer.workdir)
 
 
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so modules import cleanly)."""
+    flags.DEFINE_string("workdir", None, "Output directory (resumes if it has checkpoints).")
+
+
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

@@ -31,25 +31,33 @@ def _pump(prefix: str, stream, sink) -> None:
         sink.flush()
 
 
-def launch(command: list[str], num_processes: int, devices_per_process: int = 1,
-           timeout: float | None = None, env: dict | None = None) -> int:
+def launch(
+    command: list[str],
+    num_processes: int,
+    devices_per_process: int = 1,
+    timeout: float | None = None,
+    env: dict | None = None,
+) -> int:
     """Runs ``command`` as ``num_processes`` coordinated JAX processes; returns the exit code."""
     port = free_port()
     procs, pumps = [], []
     for i in range(num_processes):
         penv = dict(os.environ if env is None else env)
-        penv.update({
-            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-            "JAX_NUM_PROCESSES": str(num_processes),
-            "JAX_PROCESS_ID": str(i),
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
-            "JAX_PLATFORMS": penv.get("JAX_PLATFORMS", "cpu"),
-            "PYTHONUNBUFFERED": "1",
-        })
+        penv.update(
+            {
+                "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                "JAX_NUM_PROCESSES": str(num_processes),
+                "JAX_PROCESS_ID": str(i),
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+                "JAX_PLATFORMS": penv.get("JAX_PLATFORMS", "cpu"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             penv.pop(proxy, None)  # proxies can hang jax.distributed.initialize
-        p = subprocess.Popen(command, env=penv, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(
+            command, env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         t = threading.Thread(target=_pump, args=(str(i), p.stdout, sys.stdout), daemon=True)
         t.start()
         procs.append(p)
@@ -72,11 +80,16 @@ def launch(command: list[str], num_processes: int, devices_per_process: int = 1,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-processes", type=int, required=True)
-    parser.add_argument("--devices-per-process", type=int, default=1,
-                        help="fake CPU devices per process (XLA host platform device count)")
+    parser.add_argument(
+        "--devices-per-process",
+        type=int,
+        default=1,
+        help="fake CPU devices per process (XLA host platform device count)",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds, then kill all")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...")
     args = parser.parse_args()

@@ -3,12 +3,14 @@
 Each test fills a reference nn.Module with seeded random weights and running statistics, saves its
 state_dict, converts it, and compares eval-mode outputs, one train-mode forward's outputs and the
 updated BN running statistics. Tolerance: max|jax - torch| <= 1e-4 * max|torch| per tensor, in
-float32, under ``jax.default_matmul_precision("highest")`` (so no TF32/bf16 passes on
+float32 (train-mode outputs: or twice PyTorch's own float32-vs-float64 error, see
+_float32_noise), under ``jax.default_matmul_precision("highest")`` (so no TF32/bf16 passes on
 accelerators; on CPU it is already the default).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import pathlib
@@ -57,10 +59,23 @@ def _state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
 
 
-def _compare_outputs(out: dict, tout: dict, taps: dict[str, str], what: str) -> None:
+def _compare_outputs(out: dict, tout: dict, taps: dict[str, str], what: str, tol=None) -> None:
     for tap, tkey in taps.items():
         err = _rel_err(out[tap], _to_nhwc(tout[tkey]))
-        assert err <= RTOL, f"{what}: tap {tap} relative error {err:.2e}"
+        limit = RTOL if tol is None else tol[tap]
+        assert err <= limit, f"{what}: tap {tap} relative error {err:.2e} > {limit:.2e}"
+
+
+def _float32_noise(tmodel: torch.nn.Module, xt: torch.Tensor, taps: dict[str, str]) -> dict:
+    """Per-tap train-mode tolerance: max(RTOL, 2 x torch-float32-vs-torch-float64 error).
+
+    Train-mode BN on tiny late-stage maps (e.g. 8 values per channel) is ill-conditioned: there,
+    PyTorch's own float32 result is ~2e-4 away from float64, so a fixed 1e-4 cannot hold."""
+    t64 = copy.deepcopy(tmodel).double().train()
+    t32 = copy.deepcopy(tmodel).train()
+    with torch.no_grad():
+        o64, o32 = t64(xt.double()), t32(xt)
+    return {t: max(RTOL, 2 * _rel_err(_to_nhwc(o32[k]), _to_nhwc(o64[k]))) for t, k in taps.items()}
 
 
 def _check_against_torch(
@@ -85,12 +100,13 @@ def _check_against_torch(
         _compare_outputs(out, tout, taps, f"{arch} eval")
         if not train:
             return
+        tol = _float32_noise(tmodel, xt, taps)
         apply_train = functools.partial(model.apply, train=True, mutable=["batch_stats"])
         out, upd = jax.jit(apply_train)(variables, x)
         tmodel.train()
         with torch.no_grad():
             tout = tmodel(xt)
-        _compare_outputs(out, tout, taps, f"{arch} train")
+        _compare_outputs(out, tout, taps, f"{arch} train", tol)
     want = convert_state_dict(_state_dict(tmodel), arch, with_head=with_head, **overrides)
     got_stats = flax.traverse_util.flatten_dict(upd["batch_stats"], sep="/")
     want_stats = flax.traverse_util.flatten_dict(want["batch_stats"], sep="/")

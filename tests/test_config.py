@@ -13,16 +13,25 @@ from jaxproto.core import config as config_lib
 
 
 def test_parse_arg_types_and_flags():
-    arg = common.parse_arg("synthetic,image_size=96,backbone=resnet18", synthetic=False,
-                           image_size=0, backbone="", lr=0.1)
+    arg = common.parse_arg(
+        "synthetic,image_size=96,backbone=resnet18",
+        synthetic=False,
+        image_size=0,
+        backbone="",
+        lr=0.1,
+    )
     assert arg.synthetic is True and arg.image_size == 96 and arg.backbone == "resnet18"
     assert arg.lr == 0.1
 
 
 @pytest.mark.parametrize(
     "text, message",
-    [("nosuch=1", "unknown config argument 'nosuch'"), ("image_size=big", "expects an int"),
-     ("backbone", "needs a value"), ("synthetic=maybe", "expects true/false")],
+    [
+        ("nosuch=1", "unknown config argument 'nosuch'"),
+        ("image_size=big", "expects an int"),
+        ("backbone", "needs a value"),
+        ("synthetic=maybe", "expects true/false"),
+    ],
 )
 def test_parse_arg_errors(text, message):
     with pytest.raises(ValueError, match=message):
@@ -32,8 +41,13 @@ def test_parse_arg_errors(text, message):
 def test_overrides_are_typed(repo_root):
     spec = os.path.join(repo_root, "configs", "baseline_odir.py") + ":synthetic"
     config = config_lib.build_config(
-        spec, [("train.batch_size", "8"), ("optim.lr", "0.5"), ("mesh.rules", "[('.*', 'fsdp')]"),
-               ("data.clever_hans", "true")]
+        spec,
+        [
+            ("train.batch_size", "8"),
+            ("optim.lr", "0.5"),
+            ("mesh.rules", "[('.*', 'fsdp')]"),
+            ("data.clever_hans", "true"),
+        ],
     )
     assert config.train.batch_size == 8 and config.optim.lr == 0.5
     assert config.data.clever_hans is True
@@ -45,11 +59,17 @@ def test_overrides_are_typed(repo_root):
 
 @pytest.mark.parametrize(
     "key, value, message",
-    [("train.nosuch", "1", "unknown config key --config.train.nosuch; valid keys here: .*batch_size"),
-     ("nosuch.x", "1", "unknown config key --config.nosuch; valid keys here: .*train"),
-     ("train.batch_size", "eight", "--config.train.batch_size expects an int, got 'eight'"),
-     ("optim.lr", "fast", "expects a float"),
-     ("train", "3", "is a group, not a value")],
+    [
+        (
+            "train.nosuch",
+            "1",
+            "unknown config key --config.train.nosuch; valid keys here: .*batch_size",
+        ),
+        ("nosuch.x", "1", "unknown config key --config.nosuch; valid keys here: .*train"),
+        ("train.batch_size", "eight", "--config.train.batch_size expects an int, got 'eight'"),
+        ("optim.lr", "fast", "expects a float"),
+        ("train", "3", "is a group, not a value"),
+    ],
 )
 def test_override_errors_list_valid_keys(repo_root, key, value, message):
     spec = os.path.join(repo_root, "configs", "baseline_odir.py") + ":synthetic"
@@ -79,9 +99,16 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_cli_reports_unknown_key_without_traceback(repo_root, tmp_path):
-    cmd = [sys.executable, "-m", "jaxproto.train", "--config",
-           "configs/baseline_odir.py:synthetic", "--config.train.bach_size=3",
-           "--workdir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxproto.train",
+        "--config",
+        "configs/baseline_odir.py:synthetic",
+        "--config.train.bach_size=3",
+        "--workdir",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "unknown config key --config.train.bach_size" in out.stderr

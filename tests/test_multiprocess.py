@@ -26,19 +26,40 @@ OVERRIDES = [
 
 
 def _train(repo_root, workdir, processes, devices, max_steps):
-    cmd = [sys.executable, "-m", "jaxproto.train", "--config", CONFIG, *OVERRIDES,
-           f"--config.train.max_steps={max_steps}", "--workdir", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxproto.train",
+        "--config",
+        CONFIG,
+        *OVERRIDES,
+        f"--config.train.max_steps={max_steps}",
+        "--workdir",
+        str(workdir),
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if processes == 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-        out = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True,
-                             timeout=600)
+        out = subprocess.run(
+            cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         return
-    launcher = [sys.executable, "launch/local.py", "--num-processes", str(processes),
-                "--devices-per-process", str(devices), "--timeout", "600", "--", *cmd]
-    out = subprocess.run(launcher, cwd=repo_root, env=env, capture_output=True, text=True,
-                         timeout=660)
+    launcher = [
+        sys.executable,
+        "launch/local.py",
+        "--num-processes",
+        str(processes),
+        "--devices-per-process",
+        str(devices),
+        "--timeout",
+        "600",
+        "--",
+        *cmd,
+    ]
+    out = subprocess.run(
+        launcher, cwd=repo_root, env=env, capture_output=True, text=True, timeout=660
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
 
 
@@ -51,7 +72,7 @@ def _assert_close(a, b, tol=1e-5):
     la, ta = jax.tree.flatten(a)
     lb, tb = jax.tree.flatten(b)
     assert ta == tb
-    for x, y in zip(la, lb):
+    for x, y in zip(la, lb, strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 

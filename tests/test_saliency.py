@@ -71,11 +71,13 @@ def test_sbsm_matches_per_mask_loop():
         num += (1 - m) * max(0.0, np.linalg.norm(np.asarray(q) - e) - base)
         self_num += (1 - m) * np.linalg.norm(e_x - e)
         cov += 1 - m
-    got = sbsm_saliency(linear_embed, params, q, jnp.asarray(image), window=6, stride=3,
-                        chunk_size=7)
+    got = sbsm_saliency(
+        linear_embed, params, q, jnp.asarray(image), window=6, stride=3, chunk_size=7
+    )
     np.testing.assert_allclose(np.asarray(got), num / cov, atol=2e-4)
-    got_self = sbsm_self_saliency(linear_embed, params, jnp.asarray(image), window=6, stride=3,
-                                  chunk_size=16)
+    got_self = sbsm_self_saliency(
+        linear_embed, params, jnp.asarray(image), window=6, stride=3, chunk_size=16
+    )
     np.testing.assert_allclose(np.asarray(got_self), self_num / cov, atol=1e-5)
 
 
@@ -93,14 +95,14 @@ def test_sbsm_peaks_in_region():
     sal = np.asarray(sbsm_saliency(region_embed, params, q, jnp.asarray(x_r), window=4, stride=2))
     assert _in_region(np.argmax(sal))
     assert sal[0, 0] == 0.0 and sal[-1, 0] == 0.0  # occluding far from the region changes nothing
-    self_sal = np.asarray(sbsm_self_saliency(region_embed, params, jnp.asarray(x_r), window=4,
-                                             stride=2))
+    self_sal = np.asarray(
+        sbsm_self_saliency(region_embed, params, jnp.asarray(x_r), window=4, stride=2)
+    )
     assert _in_region(np.argmax(self_sal))
 
 
 def test_sbsm_batch_sharding_same_result():
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     sharding = jax.sharding.NamedSharding(mesh, jax.P("data"))
     rng = np.random.default_rng(2)
     params = jnp.asarray(rng.normal(size=(4 * 4 * 3, 6)).astype(np.float32))
@@ -108,8 +110,9 @@ def test_sbsm_batch_sharding_same_result():
     q = region_embed(params, x[None] * 0.5)[0]
     chunk = 8 * jax.device_count()
     a = sbsm_saliency(region_embed, params, q, x, window=4, stride=2, chunk_size=chunk)
-    b = sbsm_saliency(region_embed, params, q, x, window=4, stride=2, chunk_size=chunk,
-                      batch_sharding=sharding)
+    b = sbsm_saliency(
+        region_embed, params, q, x, window=4, stride=2, chunk_size=chunk, batch_sharding=sharding
+    )
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
@@ -161,9 +164,15 @@ def test_simcam_matches_loops(with_fc):
     ar = np.abs(rng.normal(size=(3, 3, 4))).astype(np.float32)
     kernel = rng.normal(size=(4, 2)).astype(np.float32) if with_fc else None
     bias = rng.normal(size=(2,)).astype(np.float32) if with_fc else None
-    got = np.asarray(simcam_maps(jnp.asarray(aq), jnp.asarray(ar), (12, 12),
-                                 None if kernel is None else jnp.asarray(kernel),
-                                 None if bias is None else jnp.asarray(bias)))
+    got = np.asarray(
+        simcam_maps(
+            jnp.asarray(aq),
+            jnp.asarray(ar),
+            (12, 12),
+            None if kernel is None else jnp.asarray(kernel),
+            None if bias is None else jnp.asarray(bias),
+        )
+    )
 
     def x_of(a, i, j):
         return a[i, j] @ kernel + bias / 9.0 if with_fc else a[i, j]
@@ -194,7 +203,7 @@ def test_simcam_region_peak():
 def test_upsample_matches_torch_bilinear():
     torch = pytest.importorskip("torch")
     small = np.random.default_rng(7).normal(size=(2, 7, 7)).astype(np.float32)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(small)[None], size=(224, 224),
-                                          mode="bilinear", align_corners=False)[0].numpy()
-    np.testing.assert_allclose(np.asarray(upsample(jnp.asarray(small), (224, 224))), ref,
-                               atol=1e-5)
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(small)[None], size=(224, 224), mode="bilinear", align_corners=False
+    )[0].numpy()
+    np.testing.assert_allclose(np.asarray(upsample(jnp.asarray(small), (224, 224))), ref, atol=1e-5)

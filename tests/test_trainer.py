@@ -45,12 +45,13 @@ def _assert_trees_close(a, b, tol):
     flat_a, tree_a = jax.tree.flatten(a)
     flat_b, tree_b = jax.tree.flatten(b)
     assert tree_a == tree_b
-    for x, y in zip(flat_a, flat_b):
+    for x, y in zip(flat_a, flat_b, strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("mesh", [("8", "1"), ("4", "2"), ("1", "8")], ids=["dp8", "dp4_fsdp2",
-                                                                            "fsdp8"])
+@pytest.mark.parametrize(
+    "mesh", [("8", "1"), ("4", "2"), ("1", "8")], ids=["dp8", "dp4_fsdp2", "fsdp8"]
+)
 def test_sharded_step_matches_single_device(repo_root, tmp_path, mesh):
     assert jax.device_count() == 8, "conftest must provide 8 CPU devices"
     # SGD: Adam's first step is ~lr*sign(g), ill-conditioned for gradients near zero.
@@ -58,8 +59,9 @@ def test_sharded_step_matches_single_device(repo_root, tmp_path, mesh):
     base = _config(repo_root, sgd)
     ref_state, ref_metrics = _one_step(base, tmp_path / "one", jax.devices()[:1])
     rules = "[('.*', 'fsdp')]" if mesh[1] != "1" else "[('.*', 'replicate')]"
-    config = _config(repo_root, [*sgd, ("mesh.data", mesh[0]), ("mesh.fsdp", mesh[1]),
-                                 ("mesh.rules", rules)])
+    config = _config(
+        repo_root, [*sgd, ("mesh.data", mesh[0]), ("mesh.fsdp", mesh[1]), ("mesh.rules", rules)]
+    )
     state, metrics = _one_step(config, tmp_path / "many", jax.devices())
     np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5, atol=1e-5)
     _assert_trees_close(state["params"], ref_state["params"], 1e-5)
@@ -67,11 +69,15 @@ def test_sharded_step_matches_single_device(repo_root, tmp_path, mesh):
 
 
 def test_fsdp_rule_shards_params(repo_root, tmp_path):
-    config = _config(repo_root, [("mesh.data", "4"), ("mesh.fsdp", "2"),
-                                 ("mesh.rules", "[('params/.*kernel', 'fsdp')]")])
+    config = _config(
+        repo_root,
+        [("mesh.data", "4"), ("mesh.fsdp", "2"), ("mesh.rules", "[('params/.*kernel', 'fsdp')]")],
+    )
     trainer = Trainer(config, str(tmp_path), devices=jax.devices())
-    specs = {parallel.path_str(p): s.spec for p, s in
-             jax.tree_util.tree_flatten_with_path(trainer.state_shardings)[0]}
+    specs = {
+        parallel.path_str(p): s.spec
+        for p, s in jax.tree_util.tree_flatten_with_path(trainer.state_shardings)[0]
+    }
     kernels = [k for k in specs if k.startswith("params/") and k.endswith("kernel")]
     assert kernels and any("fsdp" in tuple(specs[k]) for k in kernels)
     assert all(tuple(specs[k]) == () for k in specs if k.startswith("batch_stats/"))
@@ -91,9 +97,16 @@ def test_nan_loss_stops_with_step_and_terms(repo_root, tmp_path):
 
 def _train_cmd(repo_root, workdir, extra=()):
     args = [f"--config.{k}={v}" for k, v in [*TINY, ("train.epochs", "3.0"), *extra]]
-    return [sys.executable, "-m", "jaxproto.train", "--config",
-            os.path.join(repo_root, "configs", "baseline_odir.py") + ":synthetic",
-            *args, "--workdir", str(workdir)]
+    return [
+        sys.executable,
+        "-m",
+        "jaxproto.train",
+        "--config",
+        os.path.join(repo_root, "configs", "baseline_odir.py") + ":synthetic",
+        *args,
+        "--workdir",
+        str(workdir),
+    ]
 
 
 def _env():
@@ -128,20 +141,38 @@ def _wait_for_step(workdir, step, proc, timeout=240):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_interrupted_run_resumes_exactly(repo_root, tmp_path, sig):
     full = tmp_path / "full"
-    subprocess.run(_train_cmd(repo_root, full), check=True, cwd=repo_root, env=_env(),
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(repo_root, full),
+        check=True,
+        cwd=repo_root,
+        env=_env(),
+        capture_output=True,
+        timeout=600,
+    )
     cut = tmp_path / "cut"
     extra = [("train.checkpoint_every_steps", "2")]
-    proc = subprocess.Popen(_train_cmd(repo_root, cut, extra), cwd=repo_root, env=_env(),
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(repo_root, cut, extra),
+        cwd=repo_root,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     _wait_for_step(cut, 5, proc)
     proc.send_signal(sig)
     proc.wait(timeout=120)
     if sig == signal.SIGTERM:
         assert proc.returncode == 0, proc.stderr.read()[-2000:]
     interrupted_at = max(_losses(cut))
-    subprocess.run(_train_cmd(repo_root, cut, extra), check=True, cwd=repo_root, env=_env(),
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(repo_root, cut, extra),
+        check=True,
+        cwd=repo_root,
+        env=_env(),
+        capture_output=True,
+        timeout=600,
+    )
     full_losses, cut_losses = _losses(full), _losses(cut)
     assert max(cut_losses) == max(full_losses) > interrupted_at
     # Same batches: every step's loss after the restart equals the uninterrupted run's.

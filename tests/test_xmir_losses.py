@@ -61,9 +61,7 @@ def test_pairwise_distances_and_finite_grads(mode):
     d = pairwise_distances(jnp.asarray(x), mode=mode)
     np.testing.assert_allclose(np.asarray(d), ref, atol=2e-3 if mode == "matmul" else 1e-6)
     labels = jnp.asarray([0, 1, 0, 0, 1, 1])
-    g = jax.grad(
-        lambda e: batch_all_triplet_loss(e, labels, distance_mode=mode)[0]
-    )(jnp.asarray(x))
+    g = jax.grad(lambda e: batch_all_triplet_loss(e, labels, distance_mode=mode)[0])(jnp.asarray(x))
     assert np.all(np.isfinite(np.asarray(g)))
 
 

@@ -57,8 +57,9 @@ def test_metrics_match_loops(include_self):
     labels = rng.integers(0, 3, size=40)
     emb = rng.normal(size=(40, 6)) + 1.5 * np.eye(3, 6)[labels]
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    got = retrieval_metrics(emb.astype(np.float32), labels, ks=(1, 5, 10),
-                            map_includes_self=include_self)
+    got = retrieval_metrics(
+        emb.astype(np.float32), labels, ks=(1, 5, 10), map_includes_self=include_self
+    )
     ref = _reference(emb, labels, (1, 5, 10), include_self)
     for key, value in ref.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key

@@ -45,8 +45,10 @@ def test_list_images(tmp_path):
     (tmp_path / "a").mkdir()
     for name in ("a/x.png", "b.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert [p[len(str(tmp_path)) + 1:] for p in search.list_images(str(tmp_path))] == [
-        "a/x.png", "b.jpg"]
+    assert [p[len(str(tmp_path)) + 1 :] for p in search.list_images(str(tmp_path))] == [
+        "a/x.png",
+        "b.jpg",
+    ]
     lst = tmp_path / "list.txt"
     lst.write_text("b.jpg\n\nmissing.png\n")
     with pytest.raises(DataError, match="list.txt:3"):
@@ -61,7 +63,8 @@ def test_embed_images_pads_last_batch():
         return images.reshape(images.shape[0], -1)[:, :2]
 
     paths = [str(i) for i in range(5)]
-    out = search.embed_images(embed_batch, lambda p: np.full((2, 2, 1), float(p)), paths,
-                              batch_size=2, progress=False)
+    out = search.embed_images(
+        embed_batch, lambda p: np.full((2, 2, 1), float(p)), paths, batch_size=2, progress=False
+    )
     assert seen == [2, 2, 2]
     np.testing.assert_array_equal(out[:, 0], np.arange(5))

@@ -54,35 +54,38 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def build_backbone(
-    name: str,
+    arch: str,
     taps: Sequence[str] | None = None,
     with_head: bool = False,
     num_classes: int = 1000,
     bn_running_var: str = "unbiased",
     dtype: Any = jnp.float32,
+    name: str | None = None,
     **overrides: Any,
 ) -> nn.Module:
-    """The Linen module for backbone ``name`` returning a dict of ``taps``.
+    """The Linen module for backbone ``arch`` returning a dict of ``taps``.
 
-    ``taps`` defaults to the family's last feature map. ``overrides`` replace hyper-parameters
-    (e.g. ``block_config`` for densenet_tiny, ``drop_path_rate`` for ConvNeXt, ``dropout_rate``
-    for VGG's head). ``bn_running_var`` in {"unbiased" (PyTorch), "biased" (Flax)}.
+    ``taps`` defaults to the family's last feature map. ``name`` is the Linen submodule name when
+    built inside a larger model (e.g. "backbone"). ``overrides`` replace hyper-parameters (e.g.
+    ``block_config`` for densenet_tiny, ``drop_path_rate`` for ConvNeXt, ``dropout_rate`` for
+    VGG's head). ``bn_running_var`` in {"unbiased" (PyTorch), "biased" (Flax)}.
     """
-    spec = get_spec(name)
+    spec = get_spec(arch)
     fields = {f.name for f in dataclasses.fields(spec.module)} - {"parent", "name"}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"{name}: unknown options {unknown}; valid: {sorted(fields)}")
+        raise ValueError(f"{arch}: unknown options {unknown}; valid: {sorted(fields)}")
     kwargs = {**spec.config, **overrides}
     taps = tuple(taps) if taps is not None else spec.default_taps
     available = spec.tap_info(**{k: kwargs[k] for k in spec.config})
-    check_taps(name, taps, tuple(available), with_head)
+    check_taps(arch, taps, tuple(available), with_head)
     return spec.module(
         taps=taps,
         with_head=with_head,
         num_classes=num_classes,
         bn_running_var=bn_running_var,
         dtype=dtype,
+        name=name,
         **kwargs,
     )
 

@@ -1,4 +1,4 @@
-"""Checkpoints with orbax: the last K under ``<workdir>/ckpt`` and the best under ``<workdir>/best``.
+"""Checkpoints with orbax: the last K in ``<workdir>/ckpt``, the best in ``<workdir>/best``.
 
 A checkpoint holds the whole train state (params, batch_stats, optimizer states, extra state
 such as EMA, step, RNG), the grain iterator state of the running phase and a JSON ``meta`` record

@@ -19,6 +19,9 @@ def setup_logging(workdir: str | None = None, level: int = logging.INFO) -> None
     """Logs to stderr and, on process 0, to ``<workdir>/log.txt``."""
     root = logging.getLogger()
     root.setLevel(level)
+    from absl import logging as absl_logging
+
+    root.removeHandler(absl_logging.get_absl_handler())  # one line per message, ours
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     if not any(getattr(h, "_jaxproto", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
@@ -81,8 +84,15 @@ class Progress:
         self._t0 = time.perf_counter()
         self._n0 = initial
         self.bar = (
-            tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                 mininterval=2.0, file=sys.stderr)
+            tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=2.0,
+                file=sys.stderr,
+            )
             if self.enabled
             else None
         )

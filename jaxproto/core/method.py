@@ -117,7 +117,7 @@ class Method(abc.ABC):
     def loss(
         self, params: PyTree, state: State, batch: Batch, rng: jax.Array, phase: Phase
     ) -> tuple[jax.Array, tuple[Metrics, dict[str, PyTree]]]:
-        """Scalar loss, per-term metrics and state updates (e.g. {"batch_stats": ..., "extra": ...})."""
+        """Scalar loss, per-term metrics and state updates ({"batch_stats": ..., "extra": ...})."""
 
     @abc.abstractmethod
     def eval_example(self, record: Record) -> dict[str, np.ndarray]:

@@ -80,7 +80,7 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | No
 
 
 def path_str(path) -> str:
-    """"params/features/conv0/kernel"-style name of a pytree key path."""
+    """ "params/features/conv0/kernel"-style name of a pytree key path."""
     parts = []
     for k in path:
         if isinstance(k, jax.tree_util.DictKey):

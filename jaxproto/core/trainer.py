@@ -204,8 +204,13 @@ class Trainer:
     ) -> Iterator[tuple[np.ndarray, dict]]:
         """(record indices, method.predict outputs as replicated global arrays) in order."""
         return stream_predictions(
-            self.method, self.mesh, state, records, batch_size or self.config.train.eval_batch_size,
-            worker_count=int(self.config.train.worker_count), cache=self,
+            self.method,
+            self.mesh,
+            state,
+            records,
+            batch_size or self.config.train.eval_batch_size,
+            worker_count=int(self.config.train.worker_count),
+            cache=self,
         )
 
     def evaluate(self, state: State, split: str) -> dict:
@@ -225,8 +230,12 @@ class Trainer:
             pass
 
     def _meta(self, phase_index, step_in_phase, best):
-        return {"phase_index": phase_index, "step_in_phase": step_in_phase, "best": best,
-                "finished": phase_index >= len(self.phases)}
+        return {
+            "phase_index": phase_index,
+            "step_in_phase": step_in_phase,
+            "best": best,
+            "finished": phase_index >= len(self.phases),
+        }
 
     def train(self) -> State:
         """Trains to the end (or to ``train.max_steps``); returns the final state."""
@@ -247,15 +256,23 @@ class Trainer:
             meta = ckpt.restore_meta(resume_step)
             phase_index, step_in_phase = int(meta["phase_index"]), int(meta["step_in_phase"])
             best = meta.get("best")
-            log.info("resuming from step %d (phase %d, step %d in phase)",
-                     resume_step, phase_index, step_in_phase)
+            log.info(
+                "resuming from step %d (phase %d, step %d in phase)",
+                resume_step,
+                phase_index,
+                step_in_phase,
+            )
         else:
             state = self.create_state()
         log.info(
             "%s on %s: %d train images, %d steps/epoch, phases %s, mesh %s, %d process(es)",
-            cfg.method, self.index.name, len(self.train_records), self.steps_per_epoch,
-            [f"{p.name}:{n}" for p, n in zip(self.phases, self.phase_steps)],
-            dict(self.mesh.shape), jax.process_count(),
+            cfg.method,
+            self.index.name,
+            len(self.train_records),
+            self.steps_per_epoch,
+            [f"{p.name}:{n}" for p, n in zip(self.phases, self.phase_steps, strict=True)],
+            dict(self.mesh.shape),
+            jax.process_count(),
         )
         try:
             while phase_index < len(self.phases):
@@ -263,9 +280,12 @@ class Trainer:
                 stream = self._stream(phase, phase_index)
                 if state is None:
                     same_layout = step_in_phase > 0 and ckpt.has_data_iter(resume_step)
-                    state, _ = ckpt.restore(resume_step, self.abstract_state,
-                                            self.state_shardings,
-                                            data_iter=stream if same_layout else None)
+                    state, _ = ckpt.restore(
+                        resume_step,
+                        self.abstract_state,
+                        self.state_shardings,
+                        data_iter=stream if same_layout else None,
+                    )
                     if step_in_phase > 0 and not same_layout:
                         _seek(stream, step_in_phase)
                 ctx = _Context(cfg, self.workdir, self.mesh, self.index, self.is_main, self)
@@ -300,12 +320,15 @@ class Trainer:
         if name:
             value = metrics.get(name)
             if value is None:
-                raise KeyError(f"train.best_metric={name!r} not among eval metrics {sorted(metrics)}")
+                raise KeyError(
+                    f"train.best_metric={name!r} not among eval metrics {sorted(metrics)}"
+                )
             better = best is None or (value > best if cfg.best_mode == "max" else value < best)
             if better:
                 best = float(value)
-                ckpt.save_best(step, state, {**self._meta(phase_index, step_in_phase, best),
-                                             name: best})
+                ckpt.save_best(
+                    step, state, {**self._meta(phase_index, step_in_phase, best), name: best}
+                )
         return best
 
     def _run_phase(self, phase_index, state, stream, step_in_phase, ckpt, best):
@@ -313,16 +336,20 @@ class Trainer:
         phase = self.phases[phase_index]
         n_steps = self.phase_steps[phase_index]
         step_fn = self._step_fn(phase_index)
-        eval_every = (int(round(cfg.eval_every_epochs * self.steps_per_epoch))
-                      if cfg.eval_every_epochs > 0 else 0)
+        eval_every = (
+            int(round(cfg.eval_every_epochs * self.steps_per_epoch))
+            if cfg.eval_every_epochs > 0
+            else 0
+        )
         progress = log_lib.Progress(n_steps, step_in_phase, f"{phase.name}", self.global_batch)
         pending = None  # the previous step's metrics, checked one step late to stay async
         step = int(state["step"])
         try:
             while step_in_phase < n_steps:
                 if cfg.max_steps and step >= cfg.max_steps:
-                    ckpt.save(step, state, self._meta(phase_index, step_in_phase, best),
-                              data_iter=stream)
+                    ckpt.save(
+                        step, state, self._meta(phase_index, step_in_phase, best), data_iter=stream
+                    )
                     return state, step_in_phase, best, True
                 batch = parallel.global_batch(next(stream), self.mesh)
                 state, metrics = step_fn(state, batch)
@@ -342,12 +369,14 @@ class Trainer:
                     stop or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0)
                 ):
                     self._check_finite(*pending)
-                    ckpt.save(step, state, self._meta(phase_index, step_in_phase, best),
-                              data_iter=stream)
+                    ckpt.save(
+                        step, state, self._meta(phase_index, step_in_phase, best), data_iter=stream
+                    )
                 if stop:
                     ckpt.wait()
-                    log.warning("stopped at step %d after SIGTERM; rerun the same command to "
-                                "resume", step)
+                    log.warning(
+                        "stopped at step %d after SIGTERM; rerun the same command to resume", step
+                    )
                     return state, step_in_phase, best, True
                 if eval_every and step_in_phase % eval_every == 0 and step_in_phase < n_steps:
                     best = self._evaluate_and_track(state, ckpt, best, phase_index, step_in_phase)
@@ -379,8 +408,7 @@ def _seek(stream, batches: int) -> None:
             "first run after the change"
         )
     stream.set_state({"next_index": int(batches)})
-    log.info("data stream positioned at batch %d (checkpoint from another process layout)",
-             batches)
+    log.info("data stream positioned at batch %d (checkpoint from another process layout)", batches)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -405,8 +433,12 @@ def stream_predictions(method, mesh, state, records, batch_size, worker_count=0,
         if cache is not None:
             cache._predict_fn = predict
     batches = pipeline.make_eval_batches(
-        records, method.eval_example, batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count(), worker_count=worker_count,
+        records,
+        method.eval_example,
+        batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        worker_count=worker_count,
     )
     for i, (_, local, _) in enumerate(batches):
         batch = parallel.global_batch(local, mesh)

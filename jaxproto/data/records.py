@@ -100,7 +100,7 @@ class BadSampleReport:
             raise DataError(f"data.on_bad_sample must be 'error' or 'skip', got {self.policy!r}")
 
     def bad(self, where: str, problem: str, expected: str = "") -> None:
-        """Reports one bad sample: ``where`` names the file (and line), ``problem`` what is wrong."""
+        """Reports a bad sample: ``where`` names the file (and line), ``problem`` what is wrong."""
         msg = f"{where}: {problem}" + (f" (expected {expected})" if expected else "")
         if self.policy == "error":
             raise DataError(msg + "  [set data.on_bad_sample=skip to skip and list such samples]")
@@ -110,8 +110,11 @@ class BadSampleReport:
     def write(self, workdir: str) -> str:
         path = os.path.join(workdir, "data_report.json")
         with open(path, "w") as f:
-            json.dump({"policy": self.policy, "num_skipped": len(self.entries),
-                       "skipped": self.entries}, f, indent=1)
+            json.dump(
+                {"policy": self.policy, "num_skipped": len(self.entries), "skipped": self.entries},
+                f,
+                indent=1,
+            )
         if self.entries:
             log.warning("%d bad samples skipped; listed in %s", len(self.entries), path)
         return path

@@ -31,8 +31,8 @@ EmbedFn = Callable[[object, jax.Array], jax.Array]
 
 
 def sbsm_windows(size: int, window: int = 24, stride: int = 5) -> np.ndarray:
-    """(n, size) float32: row ``i`` is 1 where window ``i`` (offset ``stride - window + i*stride``,
-    clipped at the border) covers the pixel. Offsets are ``arange(stride - window, size, stride)``."""
+    """(n, size) float32: row ``i`` is 1 where window ``i`` covers the pixel (clipped at the
+    border). Offsets are ``arange(stride - window, size, stride)``."""
     if window <= 0 or stride <= 0:
         raise ValueError(f"SBSM window and stride must be positive, got {window}, {stride}")
     offsets = np.arange(stride - window, size, stride)

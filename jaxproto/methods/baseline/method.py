@@ -61,15 +61,24 @@ class BaselineMethod(Method):
     def init(self, rng):
         x = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
         variables = self.net.init(rng, x, train=False)
-        out = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
-               "extra": {}}
+        out = {
+            "params": variables["params"],
+            "batch_stats": variables.get("batch_stats", {}),
+            "extra": {},
+        }
         init_from = self.config.model.get("init_from", "")
         if init_from:
             from jaxproto.backbones import load_pretrained, merge_pretrained
 
-            out = {**out, **merge_pretrained(out, load_pretrained(init_from, self.config.model.backbone),
-                                             prefix=_backbone_prefix(out["params"]),
-                                             allow_missing=r"head/")}
+            out = {
+                **out,
+                **merge_pretrained(
+                    out,
+                    load_pretrained(init_from, self.config.model.backbone),
+                    prefix=_backbone_prefix(out["params"]),
+                    allow_missing=r"head/",
+                ),
+            }
         return out
 
     def optimizers(self, steps_per_epoch):
@@ -79,8 +88,7 @@ class BaselineMethod(Method):
         if o.optimizer == "adamw":
             tx = optax.adamw(lr, weight_decay=o.weight_decay)
         elif o.optimizer == "sgd":
-            tx = optax.chain(optax.add_decayed_weights(o.weight_decay),
-                             optax.sgd(lr, momentum=0.9))
+            tx = optax.chain(optax.add_decayed_weights(o.weight_decay), optax.sgd(lr, momentum=0.9))
         else:
             raise ValueError(f"optim.optimizer must be 'adamw' or 'sgd', got {o.optimizer!r}")
         return {"opt": tx}

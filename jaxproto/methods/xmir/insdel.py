@@ -146,8 +146,14 @@ def insertion_deletion(
         if mode == "intended":
             order = jnp.asarray(saliency_order(saliency, tie_break))
             curve = causal_curve(
-                embed_fn, params, query_embedding, starts[name], finishes[name], order,
-                step=step, chunk_size=chunk_size,
+                embed_fn,
+                params,
+                query_embedding,
+                starts[name],
+                finishes[name],
+                order,
+                step=step,
+                chunk_size=chunk_size,
             )
             curve = np.asarray(curve)
         else:
@@ -174,14 +180,20 @@ def per_query_json(entries: Sequence[dict], keying: str = "full_filename_rank_or
     out: dict = {}
     for entry in entries:
         key = query_key(entry["query"], keying)
-        ins, dele = list(map(float, entry["insertion_auc"])), list(map(float, entry["deletion_auc"]))
+        ins, dele = (
+            list(map(float, entry["insertion_auc"])),
+            list(map(float, entry["deletion_auc"])),
+        )
         if keying == "stem_compat":
             out.setdefault(key, []).extend([ins, dele])
         else:
             if key in out:
                 raise ValueError(f"query file name {key!r} appears twice")
-            out[key] = {"retrieved": list(entry["retrieved"]), "insertion_auc": ins,
-                        "deletion_auc": dele}
+            out[key] = {
+                "retrieved": list(entry["retrieved"]),
+                "insertion_auc": ins,
+                "deletion_auc": dele,
+            }
     return out
 
 
@@ -256,5 +268,10 @@ def plot_mean_curves(path: str, curves: dict[str, dict[str, list[np.ndarray]]]) 
             mean = np.mean(np.stack(cs), axis=0)
             x = np.linspace(0.0, 1.0, len(mean))
             lines[f"{method} {name}"] = (x, mean)
-    line_plot(path, lines, title="Insertion / deletion (mean curves)",
-              xlabel="fraction of pixels", ylabel="similarity")
+    line_plot(
+        path,
+        lines,
+        title="Insertion / deletion (mean curves)",
+        xlabel="fraction of pixels",
+        ylabel="similarity",
+    )

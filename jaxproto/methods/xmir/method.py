@@ -9,6 +9,7 @@ by their distance to the training-class centroids (§2.5), written to ``anomaly.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -62,8 +63,14 @@ class SubsetSampler:
 class TrainExample:
     """Decode -> X-MIR train augmentation; picklable for grain workers."""
 
-    def __init__(self, records: Sequence[Record], labels: np.ndarray, image_size: int,
-                 resize: int, rand_resize: bool):
+    def __init__(
+        self,
+        records: Sequence[Record],
+        labels: np.ndarray,
+        image_size: int,
+        resize: int,
+        rand_resize: bool,
+    ):
         self.paths = [r.path for r in records]
         self.labels = labels
         self.transform = transforms.XmirTrainTransform(image_size, resize, rand_resize)
@@ -71,8 +78,7 @@ class TrainExample:
     def __call__(self, index, rng: np.random.Generator) -> dict:
         i = int(index)
         image = self.transform(load_image(self.paths[i]), rng)
-        return {"image": np.ascontiguousarray(image, np.float32),
-                "label": np.int32(self.labels[i])}
+        return {"image": np.ascontiguousarray(image, np.float32), "label": np.int32(self.labels[i])}
 
 
 class XmirMethod(Method):
@@ -84,29 +90,39 @@ class XmirMethod(Method):
         self.image_size = int(m.image_size)
         # shorter side before the centre crop: 256 for 224 (§1), scaled for other sizes
         self.resize = int(m.get("resize", 0)) or round(self.image_size * 256 / 224)
-        self.net = XmirNet(arch=m.backbone, embedding_dim=int(m.embedding_dim),
-                           bn_running_var=m.get("bn_running_var", "unbiased"))
+        self.net = XmirNet(
+            arch=m.backbone,
+            embedding_dim=int(m.embedding_dim),
+            bn_running_var=m.get("bn_running_var", "unbiased"),
+        )
         self.margin = float(lc.margin)
         self.anomaly_class: int | None = None
         if lc.anomaly:
             if lc.anomaly_class not in index.class_names:
-                raise ValueError(f"loss.anomaly_class={lc.anomaly_class!r} is not a class of "
-                                 f"{index.name}: {index.class_names}")
+                raise ValueError(
+                    f"loss.anomaly_class={lc.anomaly_class!r} is not a class of "
+                    f"{index.name}: {index.class_names}"
+                )
             self.anomaly_class = index.class_names.index(lc.anomaly_class)
         n_train_classes = index.num_classes - (lc.anomaly and 1)
         self.P = int(lc.classes_per_batch) or n_train_classes
         self.K = int(lc.samples_per_class)
         if self.P * self.K != int(config.train.batch_size):
-            raise ValueError(f"train.batch_size={config.train.batch_size} must equal "
-                             f"loss.classes_per_batch x loss.samples_per_class = {self.P}x{self.K}")
+            raise ValueError(
+                f"train.batch_size={config.train.batch_size} must equal "
+                f"loss.classes_per_batch x loss.samples_per_class = {self.P}x{self.K}"
+            )
 
     # -- training -----------------------------------------------------------------------------
 
     def init(self, rng):
         x = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
-        variables = self.net.init(rng, x, train=False)
-        out = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
-               "extra": {}}
+        variables = jax.jit(functools.partial(self.net.init, train=False))(rng, x)
+        out = {
+            "params": variables["params"],
+            "batch_stats": variables.get("batch_stats", {}),
+            "extra": {},
+        }
         init_from = self.config.model.get("init_from", "")
         if init_from:
             from jaxproto.backbones import load_pretrained, merge_pretrained
@@ -149,8 +165,9 @@ class XmirMethod(Method):
     # -- inference ----------------------------------------------------------------------------
 
     def eval_example(self, record):
-        image = transforms.xmir_eval_transform(load_image(record.path), self.image_size,
-                                               self.resize)
+        image = transforms.xmir_eval_transform(
+            load_image(record.path), self.image_size, self.resize
+        )
         return {"image": np.asarray(image, np.float32)}
 
     def predict(self, state, batch):
@@ -159,15 +176,17 @@ class XmirMethod(Method):
     def evaluate(self, predictions, records):
         lc = self.config.loss
         return retrieval_metrics(
-            predictions["embedding"], class_labels(records),
+            predictions["embedding"],
+            class_labels(records),
             ks=tuple(self.config.get("eval_ks", (1, 5, 10))),
             map_includes_self=bool(lc.get("map_includes_self", True)),
         )
 
     def _anomaly_hook(self, ctx, state):
         """Centroid anomaly scores of the test split (§2.5) -> workdir/anomaly.json."""
-        train = [r for r in ctx.index.split("train")
-                 if int(np.argmax(r.labels)) != self.anomaly_class]
+        train = [
+            r for r in ctx.index.split("train") if int(np.argmax(r.labels)) != self.anomaly_class
+        ]
         test = ctx.index.split(self.config.train.eval_split)
 
         def embed(records):
@@ -205,27 +224,47 @@ class XmirMethod(Method):
         """The original insertion/deletion scorer's embedding: L2(GAP(A)), fc dropped (§5.1)."""
         return l2_normalize(jax.nn.relu(self.features(variables, images)).mean(axis=(1, 2)))
 
-    def saliency_maps(self, variables, query, retrieved, which=SALIENCY_METHODS, *,
-                      sbsm_window=24, sbsm_stride=5, chunk_size=250, batch_sharding=None):
+    def saliency_maps(
+        self,
+        variables,
+        query,
+        retrieved,
+        which=SALIENCY_METHODS,
+        *,
+        sbsm_window=24,
+        sbsm_stride=5,
+        chunk_size=250,
+        batch_sharding=None,
+    ):
         """Maps (H, W) of the *retrieved* image for each method in ``which`` (§4)."""
         out = {}
         unknown = set(which) - set(SALIENCY_METHODS)
         if unknown:
-            raise ValueError(f"unknown saliency methods {sorted(unknown)}; "
-                             f"valid: {SALIENCY_METHODS}")
+            raise ValueError(
+                f"unknown saliency methods {sorted(unknown)}; valid: {SALIENCY_METHODS}"
+            )
         if "sbsm" in which:
             q = self.embed(variables, query[None])[0]
             out["sbsm"] = saliency.sbsm_saliency(
-                self.embed, variables, q, retrieved, window=sbsm_window, stride=sbsm_stride,
-                chunk_size=chunk_size, batch_sharding=batch_sharding)
+                self.embed,
+                variables,
+                q,
+                retrieved,
+                window=sbsm_window,
+                stride=sbsm_stride,
+                chunk_size=chunk_size,
+                batch_sharding=batch_sharding,
+            )
         if "simatt" in which:
-            out["simatt"] = saliency.simatt_maps(self.features, self.head, variables, query,
-                                                 retrieved)[1]
+            out["simatt"] = saliency.simatt_maps(
+                self.features, self.head, variables, query, retrieved
+            )[1]
         if "simcam" in which:
             feats = self.features(variables, jnp.stack([query, retrieved]))
             fc = variables["params"].get("fc", {})
-            out["simcam"] = saliency.simcam_maps(feats[0], feats[1], retrieved.shape[:2],
-                                                 fc.get("kernel"), fc.get("bias"))[1]
+            out["simcam"] = saliency.simcam_maps(
+                feats[0], feats[1], retrieved.shape[:2], fc.get("kernel"), fc.get("bias")
+            )[1]
         return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 

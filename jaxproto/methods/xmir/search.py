@@ -70,9 +70,10 @@ def embed_images(
     (the last batch padded to ``batch_size`` so one program serves every batch) and embedded
     with ``embed_batch`` (which shards the batch over devices)."""
     out = None
-    for start in tqdm(range(0, len(paths), batch_size), desc="embedding", unit="batch",
-                      disable=not progress):
-        chunk = list(paths[start:start + batch_size])
+    for start in tqdm(
+        range(0, len(paths), batch_size), desc="embedding", unit="batch", disable=not progress
+    ):
+        chunk = list(paths[start : start + batch_size])
         images = np.stack([load_example(p) for p in chunk])
         pad = batch_size - len(chunk)
         if pad:
@@ -80,7 +81,7 @@ def embed_images(
         emb = np.asarray(embed_batch(images), np.float32)[: len(chunk)]
         if out is None:
             out = np.zeros((len(paths), emb.shape[1]), np.float32)
-        out[start:start + len(chunk)] = emb
+        out[start : start + len(chunk)] = emb
     if out is None:
         raise ValueError("no images to embed")
     return out
@@ -92,8 +93,12 @@ def save_index(out_dir: str, embeddings: np.ndarray, paths: Sequence[str], meta:
         raise ValueError(f"{len(paths)} paths for {len(embeddings)} embeddings")
     os.makedirs(out_dir, exist_ok=True)
     np.save(os.path.join(out_dir, EMBEDDINGS_FILE), np.asarray(embeddings, np.float32))
-    manifest = {"paths": [os.path.abspath(p) for p in paths], "num": len(paths),
-                "dim": int(embeddings.shape[1]), **meta}
+    manifest = {
+        "paths": [os.path.abspath(p) for p in paths],
+        "num": len(paths),
+        "dim": int(embeddings.shape[1]),
+        **meta,
+    }
     with open(os.path.join(out_dir, MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=1)
 
@@ -109,8 +114,10 @@ def load_index(index_dir: str) -> tuple[np.ndarray, dict]:
     with open(man_path) as f:
         manifest = json.load(f)
     if embeddings.ndim != 2 or len(manifest.get("paths", [])) != embeddings.shape[0]:
-        raise DataError(f"{man_path}: {len(manifest.get('paths', []))} paths for embeddings of "
-                        f"shape {embeddings.shape}")
+        raise DataError(
+            f"{man_path}: {len(manifest.get('paths', []))} paths for embeddings of "
+            f"shape {embeddings.shape}"
+        )
     return embeddings, manifest
 
 
@@ -144,11 +151,13 @@ def knn(
     best_d2 = jnp.full((queries.shape[0], k), jnp.inf, jnp.float32)
     best_idx = jnp.zeros((queries.shape[0], k), jnp.int32)
     for start in range(0, n, chunk_size):
-        chunk = np.asarray(gallery[start:start + chunk_size], np.float32)
+        chunk = np.asarray(gallery[start : start + chunk_size], np.float32)
         valid = chunk.shape[0]
         if valid < chunk_size:
-            chunk = np.concatenate([chunk, np.zeros((chunk_size - valid, chunk.shape[1]),
-                                                    np.float32)])
-        best_d2, best_idx = _chunk_topk(queries, jnp.asarray(chunk), valid, start, best_d2,
-                                        best_idx, k=k)
+            chunk = np.concatenate(
+                [chunk, np.zeros((chunk_size - valid, chunk.shape[1]), np.float32)]
+            )
+        best_d2, best_idx = _chunk_topk(
+            queries, jnp.asarray(chunk), valid, start, best_d2, best_idx, k=k
+        )
     return np.sqrt(np.asarray(best_d2)), np.asarray(best_idx)

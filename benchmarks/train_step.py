@@ -1,0 +1,90 @@
+"""Train-step throughput of any config: one JSON line.
+
+  python benchmarks/train_step.py --config configs/cipl_odir.py:synthetic [--steps 20] \
+      [--phase 0] [--config.train.batch_size=16]
+
+Reports images/s, step time, compile time, achieved GFLOP/s (XLA's cost analysis of the
+compiled step) and that as a fraction of a float32 matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import flags
+
+from jaxproto import cli
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of float32 matmul GFLOP/s on the default device."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def main(argv):
+    del argv
+    from jaxproto.core import parallel
+    from jaxproto.core.trainer import Trainer
+
+    config = cli.config_from_flags()
+    with tempfile.TemporaryDirectory() as workdir:
+        trainer = Trainer(config, workdir)
+        phase_index = flags.FLAGS.phase
+        phase = trainer.phases[phase_index]
+        state = trainer.create_state()
+        stream = trainer._stream(phase, phase_index)
+        batch = parallel.global_batch(next(stream), trainer.mesh)
+        step_fn = trainer._step_fn(phase_index)
+        t0 = time.perf_counter()
+        compiled = step_fn.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float((cost or {}).get("flops", 0.0))
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        batches = [parallel.global_batch(next(stream), trainer.mesh) for _ in range(4)]
+        t0 = time.perf_counter()
+        for i in range(flags.FLAGS.steps):
+            state, metrics = compiled(state, batches[i % len(batches)])
+        jax.block_until_ready(metrics)
+        step_s = (time.perf_counter() - t0) / flags.FLAGS.steps
+    peak = matmul_peak_gflops()
+    achieved = flops / step_s / 1e9 if flops else 0.0
+    result = {
+        "benchmark": "train_step",
+        "config": cli._State.spec,
+        "method": config.method,
+        "phase": phase.name,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "global_batch": trainer.global_batch,
+        "image_size": int(config.model.image_size),
+        "images_per_sec": trainer.global_batch / step_s,
+        "step_time_ms": step_s * 1e3,
+        "compile_time_s": compile_s,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflops": achieved,
+        "matmul_peak_gflops": peak,
+        "fraction_of_peak": achieved / peak if peak else 0.0,
+    }
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_integer("steps", 10, "Timed steps (after one compile+warm-up step).")
+    flags.DEFINE_integer("phase", 0, "Index of the method phase whose step is measured.")
+    cli.run(main)

@@ -1,0 +1,97 @@
+"""XmirMethod on a tiny synthetic ISIC-like dataset: PK batches, loss, predict, evaluate,
+anomaly subset, saliency maps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import xmir_isic
+from jaxproto.data.synthetic import synthetic_index
+from jaxproto.methods.xmir.losses import batch_all_triplet_loss
+from jaxproto.methods.xmir.method import XmirMethod, class_labels
+
+
+def _setup(extra=""):
+    cfg = xmir_isic.get_config("synthetic,runlocal,image_size=32" + extra)
+    index = synthetic_index(cfg.data)
+    return cfg, index, XmirMethod(cfg, index)
+
+
+def _batch(method, sampler, example_fn, epoch=0):
+    rows = sampler.epoch(epoch)[: method.P * method.K]
+    ex = [example_fn(i, np.random.default_rng(int(i))) for i in rows]
+    return rows, {k: jnp.asarray(np.stack([e[k] for e in ex])) for k in ex[0]}
+
+
+def test_pk_batches_loss_and_predict():
+    cfg, index, method = _setup()
+    records = index.split("train")
+    labels = class_labels(records)
+    state = method.init(jax.random.key(0))
+    phase = method.phases()[0]
+    sampler, example_fn = method.train_data(phase, records)
+    assert len(sampler) % (method.P * method.K) == 0
+    rows, batch = _batch(method, sampler, example_fn)
+    counts = np.bincount(labels[rows], minlength=3)
+    assert sorted(counts) == [method.K] * 3  # P = 3 classes x K images each
+    np.testing.assert_array_equal(np.asarray(batch["label"]), labels[rows])
+
+    @jax.jit
+    def run(params):
+        loss, (metrics, upd) = method.loss(params, state, batch, None, phase)
+        variables = {"params": params, "batch_stats": state["batch_stats"]}
+        train_emb = method.net.apply(
+            variables, batch["image"], train=True, mutable=["batch_stats"]
+        )[0]
+        return loss, metrics, upd, train_emb, method.predict(state, batch)["embedding"]
+
+    loss, metrics, upd, train_emb, emb = run(state["params"])
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(float(loss)) and "batch_stats" in upd
+    ref, frac = batch_all_triplet_loss(train_emb, batch["label"], 0.2)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert float(metrics["frac_positive_triplets"]) == pytest.approx(float(frac))
+    # one PK epoch = steps until the smallest class runs out (spec §2.2)
+    assert phase.steps == int(round(cfg.train.epochs * (np.bincount(labels).min() // method.K)))
+
+
+def test_evaluate_keys():
+    cfg, index, method = _setup()
+    records = index.split("test")[:20]
+    emb = np.eye(3, 4)[class_labels(records)] + 0.01
+    out = method.evaluate({"embedding": emb.astype(np.float32)}, records)
+    assert out["R@1"] == 1.0 and out["mAP"] < 1.0  # self counted at the last rank
+    assert set(out) == {"R@1", "P@1", "R@5", "P@5", "R@10", "P@10", "mAP", "MAP@R"}
+
+
+def test_anomaly_variant_leaves_class_out():
+    cfg, index, method = _setup(",anomaly")
+    assert method.P == 2 and cfg.train.batch_size == 8
+    records = index.split("train")
+    labels = class_labels(records)
+    sampler, _ = method.train_data(method.phases()[0], records)
+    rows = sampler.epoch(1)
+    mel = index.class_names.index("melanoma")
+    assert set(np.unique(labels[rows])) == set(range(3)) - {mel}
+
+
+def test_batch_size_mismatch_is_an_error():
+    cfg = xmir_isic.get_config("synthetic,runlocal,image_size=32")
+    cfg.train.batch_size = 10
+    with pytest.raises(ValueError, match="batch_size=10"):
+        XmirMethod(cfg, synthetic_index(cfg.data))
+
+
+def test_saliency_maps_shapes():
+    cfg, index, method = _setup()
+    state = method.init(jax.random.key(1))
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    recs = index.split("test")[:2]
+    q, r = (jnp.asarray(method.eval_example(x)["image"]) for x in recs)
+    maps = method.saliency_maps(variables, q, r, sbsm_window=8, sbsm_stride=8, chunk_size=8)
+    assert set(maps) == {"sbsm", "simatt", "simcam"}
+    for m in maps.values():
+        assert m.shape == (32, 32) and np.all(np.isfinite(m)) and m.min() >= 0
+    with pytest.raises(ValueError, match="unknown saliency"):
+        method.saliency_maps(variables, q, r, ("gradcam",))
