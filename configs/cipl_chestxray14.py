@@ -14,13 +14,27 @@ from jaxproto.methods.cipl.defaults import cipl_config
 
 # cipl.md §3.3: hard-coded sampler weights (Pneumonia 100, Hernia 150; No Finding base weight,
 # multiplied by data.background_weight_single / _pairs).
-CLASS_WEIGHTS = [12.617, 61.201, 12.065, 7.580, 25.897, 22.190, 100.0, 39.617, 36.630, 75.813,
-                 73.415, 83.509, 46.597, 150.0, 2.0687]
+CLASS_WEIGHTS = [
+    12.617,
+    61.201,
+    12.065,
+    7.580,
+    25.897,
+    22.190,
+    100.0,
+    39.617,
+    36.630,
+    75.813,
+    73.415,
+    83.509,
+    46.597,
+    150.0,
+    2.0687,
+]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, synthetic=False, backbone="", image_size=0,
-                           prototypes_per_class=0)
+    arg = common.parse_arg(arg, synthetic=False, backbone="", image_size=0, prototypes_per_class=0)
     if arg.synthetic:
         c = cipl_config(arg, "chestxray14", common.train_block())
     else:

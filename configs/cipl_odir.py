@@ -16,8 +16,7 @@ CLASS_WEIGHTS = [4.151, 22.933, 23.885, 26.7, 38.736, 27.896, 6.23, 2.4155]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, synthetic=False, backbone="", image_size=0,
-                           prototypes_per_class=0)
+    arg = common.parse_arg(arg, synthetic=False, backbone="", image_size=0, prototypes_per_class=0)
     if arg.synthetic:
         c = cipl_config(arg, "odir", common.train_block())
     else:

@@ -53,8 +53,13 @@ def build_config(dataset: str, like: str, arg: str | None) -> ml_collections.Con
     m.atlas_push = False
 
     c.loss = ml_collections.ConfigDict(
-        {"gamma": 1000.0, "lam": 20.0, "delta": 0.1, "margin_mode": "softtriple_minus",
-         "reduction": "mean_anchors"}
+        {
+            "gamma": 1000.0,
+            "lam": 20.0,
+            "delta": 0.1,
+            "margin_mode": "softtriple_minus",
+            "reduction": "mean_anchors",
+        }
     )
     c.refine = ml_collections.ConfigDict({"mode": "mask", "prune": []})  # mask | mask_retrain
     c.eval = ml_collections.ConfigDict({"pointing_tolerance_px": 15.0})
@@ -93,7 +98,10 @@ def build_config(dataset: str, like: str, arg: str | None) -> ml_collections.Con
         o.stage3 = _stage(1e-3, 1e-6, 0.0, 50.0, "cosine")
 
     c.train = common.train_block(
-        batch_size=32, eval_batch_size=64, best_metric="", checkpoint_every_steps=500,
+        batch_size=32,
+        eval_batch_size=64,
+        best_metric="",
+        checkpoint_every_steps=500,
         eval_every_epochs=0.0,
     )
     c.mesh = common.mesh_block()

@@ -114,7 +114,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 # name -> module defining HELP, add_arguments(parser), run(args); imported when the CLI starts.
-SUBCOMMAND_MODULES: dict[str, str] = {}
+SUBCOMMAND_MODULES: dict[str, str] = {"cipl": "jaxproto.methods.cipl.convert"}
 
 
 def _all_subcommands() -> dict[str, Subcommand]:

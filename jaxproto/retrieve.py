@@ -49,6 +49,9 @@ class Model:
             (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
         )
         self.sharding = jax.sharding.NamedSharding(mesh, jax.P("data"))
+        self.variables = jax.device_put(
+            self.variables, jax.sharding.NamedSharding(mesh, jax.P())
+        )
         self._embed = jax.jit(self.method.embed)
 
     def load(self, path: str) -> np.ndarray:
@@ -61,7 +64,13 @@ class Model:
         return self.method.eval_example(record)["image"]
 
     def embed_batch(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._embed(self.variables, jax.device_put(images, self.sharding)))
+        """Unit embeddings of a batch; padded to a multiple of the device count and sharded."""
+        n = len(images)
+        pad = self.batch_size(n) - n
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+        out = self._embed(self.variables, jax.device_put(images, self.sharding))
+        return np.asarray(out)[:n]
 
     def batch_size(self, requested: int) -> int:
         n = jax.device_count()

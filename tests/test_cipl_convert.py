@@ -19,7 +19,8 @@ from jaxproto.methods.cipl.method import CiplMethod  # noqa: E402
 pytestmark = pytest.mark.torch
 
 _spec = importlib.util.spec_from_file_location(
-    "torch_reference_models", pathlib.Path(__file__).with_name("torch_reference_models.py"))
+    "torch_reference_models", pathlib.Path(__file__).with_name("torch_reference_models.py")
+)
 ref = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ref)
 F, tnn = torch.nn.functional, torch.nn
@@ -91,8 +92,9 @@ def pair():
     torch.manual_seed(0)
     model = TorchCipl().eval()
     _randomise(model)
-    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs",
-                                        "cipl_chestxray14.py:synthetic"))
+    cfg = load_config_file(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "cipl_chestxray14.py:synthetic")
+    )
     cfg.model.update(image_size=SIZE, prototypes_per_class=PPC, proto_dim=D)
     index = DatasetIndex("t", [f"c{k}" for k in range(C)], {}, background_class=C - 1)
     method = CiplMethod(cfg, index)
@@ -123,19 +125,23 @@ def test_converted_model_matches_torch(pair):
     got_sim = np.exp(-np.asarray(out["distances"]) / D)
     np.testing.assert_allclose(got_sim, sim.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-5)
     z = logits.numpy()
-    np.testing.assert_allclose(pred["probs"], 1 / (1 + np.exp(-(z[:, :3] - z[:, 3:]))),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        pred["probs"], 1 / (1 + np.exp(-(z[:, :3] - z[:, 3:]))), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_ema_branch_and_errors(pair):
     model, method, state, sd = pair
-    np.testing.assert_allclose(state["extra"]["ema_params"]["prototype_vectors"],
-                               sd["prototype_vectors_ema"][:, :, 0, 0])
-    np.testing.assert_allclose(state["extra"]["ema_params"]["last_layer"]["kernel"],
-                               sd["last_layer_ema.weight"].T)
+    np.testing.assert_allclose(
+        state["extra"]["ema_params"]["prototype_vectors"], sd["prototype_vectors_ema"][:, :, 0, 0]
+    )
+    np.testing.assert_allclose(
+        state["extra"]["ema_params"]["last_layer"]["kernel"], sd["last_layer_ema.weight"].T
+    )
     np.testing.assert_allclose(
         state["extra"]["ema_batch_stats"]["backbone"]["features"]["norm5"]["var"],
-        sd["features_ema.features.norm5.running_var"])
+        sd["features_ema.features.norm5.running_var"],
+    )
     bad = dict(sd)
     del bad["features.toplayer.bias"]
     with pytest.raises(KeyError, match="toplayer.bias"):

@@ -66,8 +66,17 @@ def test_official_schedule():
 def test_lr_table():
     # cipl.md §3.2: halvings at the start of epochs 10, 20, 25, 30, 35.
     sched = cm.halving_schedule(1e-4, [10, 20, 25, 30, 35], 0.5, steps_per_epoch=7)
-    table = {0: 1e-4, 9: 1e-4, 10: 5e-5, 19: 5e-5, 20: 2.5e-5, 25: 1.25e-5, 30: 6.25e-6,
-             35: 3.125e-6, 40: 3.125e-6}
+    table = {
+        0: 1e-4,
+        9: 1e-4,
+        10: 5e-5,
+        19: 5e-5,
+        20: 2.5e-5,
+        25: 1.25e-5,
+        30: 6.25e-6,
+        35: 3.125e-6,
+        40: 3.125e-6,
+    }
     for epoch, lr in table.items():
         np.testing.assert_allclose(sched(epoch * 7), lr, rtol=1e-6)
         np.testing.assert_allclose(sched(epoch * 7 + 6), lr, rtol=1e-6)
@@ -94,12 +103,15 @@ def test_init_and_param_groups(setup):
     opts = method.optimizers(steps_per_epoch=3)
     grads = jax.tree.map(jnp.ones_like, p)
     for name, changed in [("joint", "prototype_vectors"), ("last", "last_layer")]:
-        step = jax.jit(lambda g, p, tx=opts[name]: optax.apply_updates(
-            p, tx.update(g, tx.init(p), p)[0]))
+        step = jax.jit(
+            lambda g, p, tx=opts[name]: optax.apply_updates(p, tx.update(g, tx.init(p), p)[0])
+        )
         new = step(grads, p)
         for key in p:
-            moved = any(bool(jnp.any(a != b)) for a, b in
-                        zip(jax.tree.leaves(new[key]), jax.tree.leaves(p[key])))
+            moved = any(
+                bool(jnp.any(a != b))
+                for a, b in zip(jax.tree.leaves(new[key]), jax.tree.leaves(p[key]), strict=False)
+            )
             if key == changed:
                 assert moved, (name, key)
             if name == "last" and key != "last_layer" or name == "joint" and key == "last_layer":
@@ -111,8 +123,14 @@ def _batch(n=2, size=64, seed=1):
     ya = np.array([[1, 0, 0, 0], [0, 1, 0, 1]], np.float32)[:n]
     yb = np.array([[1, 0, 1, 0], [0, 0, 0, 1]], np.float32)[:n]
     x = lambda: rng.normal(size=(n, size, size, 3)).astype(np.float32)  # noqa: E731
-    return {"image_a": x(), "image_b": x(), "view_a": x(), "view_b": x(),
-            "labels_a": ya, "labels_b": yb}
+    return {
+        "image_a": x(),
+        "image_b": x(),
+        "view_a": x(),
+        "view_b": x(),
+        "labels_a": ya,
+        "labels_b": yb,
+    }
 
 
 def test_main_loss_ema_and_terms(setup):
@@ -122,27 +140,42 @@ def test_main_loss_ema_and_terms(setup):
     state["extra"]["ema_params"] = jax.tree.map(lambda x: x * 0.5, state["extra"]["ema_params"])
     phase = cm.Phase("main", "joint", loss="main", data="pairs")
     batch = _batch()
-    fn = jax.jit(lambda p, s, b: jax.value_and_grad(method.loss, has_aux=True)(
-        p, s, b, jax.random.key(0), phase))
+    fn = jax.jit(
+        lambda p, s, b: jax.value_and_grad(method.loss, has_aux=True)(
+            p, s, b, jax.random.key(0), phase
+        )
+    )
     (loss, (metrics, upd)), grads = fn(state["params"], state, batch)
     assert np.isfinite(float(loss))
     assert set(metrics) == {"ce", "cluster", "separation", "co_ce", "align_int", "align_pred"}
     m = method.config.model.ema_momentum
-    want = jax.tree.map(lambda e, p: m * e + (1 - m) * p, state["extra"]["ema_params"],
-                        state["params"])
-    for a, b in zip(jax.tree.leaves(upd["extra"]["ema_params"]), jax.tree.leaves(want)):
+    want = jax.tree.map(
+        lambda e, p: m * e + (1 - m) * p, state["extra"]["ema_params"], state["params"]
+    )
+    for a, b in zip(
+        jax.tree.leaves(upd["extra"]["ema_params"]), jax.tree.leaves(want), strict=False
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # teacher BN stats were updated by its own train-mode forward, student's twice (split)
-    assert any(bool(jnp.any(a != b)) for a, b in zip(
-        jax.tree.leaves(upd["extra"]["ema_batch_stats"]),
-        jax.tree.leaves(state["extra"]["ema_batch_stats"])))
+    assert any(
+        bool(jnp.any(a != b))
+        for a, b in zip(
+            jax.tree.leaves(upd["extra"]["ema_batch_stats"]),
+            jax.tree.leaves(state["extra"]["ema_batch_stats"]),
+            strict=False,
+        )
+    )
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     # co-attention / alignment terms depend on the pair; total is their weighted sum
     c = method.config.loss
-    total = (c.crs_ent * metrics["ce"] + c.clst * metrics["cluster"]
-             + c.sep * max(0.0, c.sep_margin - float(metrics["separation"]))
-             + c.cross_att * metrics["co_ce"] + c.inte_align * metrics["align_int"]
-             + c.pred_align * metrics["align_pred"])
+    total = (
+        c.crs_ent * metrics["ce"]
+        + c.clst * metrics["cluster"]
+        + c.sep * max(0.0, c.sep_margin - float(metrics["separation"]))
+        + c.cross_att * metrics["co_ce"]
+        + c.inte_align * metrics["align_int"]
+        + c.pred_align * metrics["align_pred"]
+    )
     np.testing.assert_allclose(loss, total, rtol=1e-5)
 
 
@@ -154,7 +187,7 @@ def test_student_bn_split_threads_stats(setup):
     _, split = embed(state["params"], state["batch_stats"], [a, b])
     _, first = embed(state["params"], state["batch_stats"], [a])
     _, second = embed(state["params"], first, [b])
-    for u, v in zip(jax.tree.leaves(split), jax.tree.leaves(second)):
+    for u, v in zip(jax.tree.leaves(split), jax.tree.leaves(second), strict=False):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
     method.config.model.student_bn_split = False
     try:
@@ -163,8 +196,10 @@ def test_student_bn_split_threads_stats(setup):
         _, joint = joint_fn(state["params"], state["batch_stats"], [a, b])
     finally:
         method.config.model.student_bn_split = True
-    assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(joint),
-                                                     jax.tree.leaves(split)))
+    assert any(
+        not np.allclose(u, v)
+        for u, v in zip(jax.tree.leaves(joint), jax.tree.leaves(split), strict=False)
+    )
 
 
 def test_warmup_loss_uses_all_foreground(setup):
@@ -176,8 +211,9 @@ def test_warmup_loss_uses_all_foreground(setup):
     assert np.isfinite(float(loss)) and set(upd) == {"batch_stats"}
     assert list(method.fg_eval) == [0, 1, 2] and list(method.fg_main) == [0, 1]
     with pytest.raises(ValueError, match="loss variant"):
-        method.loss(state["params"], state, batch, jax.random.key(0),
-                    cm.Phase("x", "joint", loss="bogus"))
+        method.loss(
+            state["params"], state, batch, jax.random.key(0), cm.Phase("x", "joint", loss="bogus")
+        )
 
 
 def test_last_layer_projection(setup):
@@ -204,7 +240,8 @@ def test_predict_and_evaluate(setup):
     res = method.evaluate({**preds, "class_maps": maps}, index.split("test"))
     assert 0.0 <= res["mean_auc"] <= 1.0 and "auc/c0" in res and "auc/c3" not in res
     assert res["pointing_game"] == 1.0 and res["loc_count"] == sum(
-        1 for r in index.split("test") if r.boxes)
+        1 for r in index.split("test") if r.boxes
+    )
     maps[:, 1, 1, 0] = 2.0
     res = method.evaluate({**preds, "class_maps": maps}, index.split("test"))
     assert res["pointing_game"] == 0.0

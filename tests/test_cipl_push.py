@@ -27,6 +27,7 @@ def setup():
     method = CiplMethod(cfg, index)
     state = jax.jit(method.init)(jax.random.key(1))
     mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
+    state = jax.device_put(state, parallel.replicated(mesh))  # as the trainer holds it
     return method, state, mesh
 
 
@@ -53,6 +54,7 @@ def _brute_force(method, state, records):
     return out
 
 
+@pytest.mark.slow
 def test_push_matches_brute_force_and_writes_atlas(setup, tmp_path):
     method, state, mesh = setup
     records = method.index.split("train")
@@ -71,17 +73,22 @@ def test_push_matches_brute_force_and_writes_atlas(setup, tmp_path):
     assert any(img >= 0 for img, _ in ref)
     assert os.path.isfile(tmp_path / "atlas.json") and os.path.isfile(tmp_path / "atlas.html")
     for e in entries:
-        assert os.path.isfile(tmp_path / e["image"]) and os.path.isfile(tmp_path / e["contour_image"])
+        assert os.path.isfile(tmp_path / e["image"]) and os.path.isfile(
+            tmp_path / e["contour_image"]
+        )
 
     rec = method.index.split("test")[0]
     out_dir = tmp_path / "explain"
-    result = explain(method, new_state, rec.path, str(out_dir), box=(4, 4, 20, 20),
-                     atlas_dir=str(tmp_path))
+    result = explain(
+        method, new_state, rec.path, str(out_dir), box=(4, 4, 20, 20), atlas_dir=str(tmp_path)
+    )
     assert set(result["probabilities"]) == {method.index.class_names[k] for k in method.fg_eval}
     assert result["predicted"] and os.path.isfile(out_dir / "report.html")
+    assert result["atlas"] == str(tmp_path / "push" / "3")
     saved = json.loads((out_dir / "explanation.json").read_text())
     for p in saved["predicted"]:
         for item in p["prototypes"]:
             assert os.path.isfile(out_dir / item["figure"])
-            np.testing.assert_allclose(item["contribution"], item["weight"] * item["similarity"],
-                                       rtol=1e-6)
+            np.testing.assert_allclose(
+                item["contribution"], item["weight"] * item["similarity"], rtol=1e-6
+            )

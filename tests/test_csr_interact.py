@@ -30,8 +30,9 @@ class CountingBackbone(nn.Module):
 
 def test_importance_map_on_7x7_grid():
     # 224 px image, 32 px cells: box x 40..100 touches columns floor(40/32)=1 .. ceil(100/32)=4.
-    a = interact.importance_map([(40, 0, 60, 10)], [(0, 0, 224, 64), (200, 200, 24, 24)], 0.2,
-                                (7, 7), (224, 224))
+    a = interact.importance_map(
+        [(40, 0, 60, 10)], [(0, 0, 224, 64), (200, 200, 24, 24)], 0.2, (7, 7), (224, 224)
+    )
     want = np.full((7, 7), 0.2, np.float32)
     want[0:2, :] = 0.0  # negative rows 0..ceil(64/32)=2
     want[6:7, 6:7] = 0.0  # 200..224 -> cell 6
@@ -58,8 +59,9 @@ def test_rejection_vector_and_indecision():
 
 @pytest.fixture(scope="module")
 def session_setup():
-    model = CsrModel(CountingBackbone(), num_concepts=3, num_classes=2, prototypes_per_concept=4,
-                     proj_dim=8)
+    model = CsrModel(
+        CountingBackbone(), num_concepts=3, num_classes=2, prototypes_per_concept=4, proj_dim=8
+    )
     images = jax.random.normal(jax.random.key(1), (2, 28, 28, 3))
     variables = model.init(jax.random.key(0), images)
     params = dict(variables["params"])
@@ -67,8 +69,11 @@ def session_setup():
         "kernel": jax.random.normal(jax.random.key(2), (12, 2)),
         "bias": jnp.asarray([0.1, -0.1]),
     }
-    state = {"params": params, "batch_stats": variables["batch_stats"],
-             "extra": {"proto_mask": jnp.ones((3, 4))}}
+    state = {
+        "params": params,
+        "batch_stats": variables["batch_stats"],
+        "extra": {"proto_mask": jnp.ones((3, 4))},
+    }
     return model, state, images
 
 
@@ -119,3 +124,41 @@ def test_session_image_grid_mode(session_setup):
     up = np.asarray(jax.image.resize(session.sims, (2, 3, 4, 28, 28), "bilinear"))
     s = (np.maximum(up, 0) * a).max((-2, -1)).reshape(2, 12)
     np.testing.assert_allclose(out["scores"], s, rtol=1e-5, atol=1e-6)
+
+
+def test_explain_cli_writes_before_after_report(tmp_path, session_setup):
+    import json
+
+    from configs import csr_tbx11k
+    from jaxproto.data.records import DatasetIndex, Record
+    from jaxproto.methods.csr.method import CsrMethod
+
+    model, state, _ = session_setup
+    cfg = csr_tbx11k.get_config("synthetic")
+    cfg.model.image_size = 28
+    cfg.model.prototypes_per_concept = 4
+    cfg.model.proj_dim = 8
+    recs = [Record("t0", "", np.eye(2, dtype=np.float32)[0], concepts=np.ones(3, np.float32))]
+    index = DatasetIndex(
+        "toy", ["neg", "pos"], {"train": recs}, multilabel=False, concept_names=["a", "b", "c"]
+    )
+    method = CsrMethod(cfg, index, backbone=CountingBackbone())
+    full = {**state, "extra": {**state["extra"], "atlas_index": jnp.zeros((3, 4), jnp.int32)}}
+    image = np.random.default_rng(0).integers(0, 255, (56, 56, 3), dtype=np.uint8)
+    out = interact.explain_cli(
+        method,
+        full,
+        image,
+        str(tmp_path),
+        boxes_pos=[(0, 0, 20, 20)],
+        boxes_neg=[(30, 30, 20, 20)],
+        reject=["b"],
+    )
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["prediction_before"] in ("neg", "pos")
+    assert saved["concepts"][1]["rejected"] and saved["concepts"][1]["after"]["score"] == 0.0
+    assert saved["concepts"][0]["before"]["atlas_image_id"] == "t0"
+    # Boxes are rescaled from the 56 px image to the 28 px network input.
+    assert saved["interaction"]["boxes_neg"] == [[15.0, 15.0, 10.0, 10.0]]
+    assert out["probs_after"] == saved["probs_after"]
+    assert (tmp_path / "report.html").exists() and (tmp_path / "after" / "concept_02.png").exists()

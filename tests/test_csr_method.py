@@ -27,10 +27,22 @@ def _index(n=8, k=3):
     for i in range(n):
         c = (rng.random(k) < 0.5).astype(np.float32)
         c[i % k] = 1.0
-        recs.append(Record(f"r{i}", f"/nonexistent/{i}.png", np.eye(2, dtype=np.float32)[i % 2],
-                           concepts=c, size=(16, 16)))
-    return DatasetIndex("toy", ["a", "b"], {"train": recs, "test": recs}, multilabel=False,
-                        concept_names=[f"c{j}" for j in range(k)])
+        recs.append(
+            Record(
+                f"r{i}",
+                f"/nonexistent/{i}.png",
+                np.eye(2, dtype=np.float32)[i % 2],
+                concepts=c,
+                size=(16, 16),
+            )
+        )
+    return DatasetIndex(
+        "toy",
+        ["a", "b"],
+        {"train": recs, "test": recs},
+        multilabel=False,
+        concept_names=[f"c{j}" for j in range(k)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +74,13 @@ def _step(method, state, opts, batch, phase):
 
 
 def _changed(a, b):
-    return {k: not all(np.array_equal(x, y) for x, y in
-                       zip(jax.tree.leaves(a[k]), jax.tree.leaves(b[k]), strict=True))
-            for k in a}
+    return {
+        k: not all(
+            np.array_equal(x, y)
+            for x, y in zip(jax.tree.leaves(a[k]), jax.tree.leaves(b[k]), strict=True)
+        )
+        for k in a
+    }
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2])

@@ -76,8 +76,14 @@ def test_contrastive_matches_numpy_loop(mode, gamma):
     ids = rng.integers(0, k, n)
     valid = rng.random(n) > 0.3
     got, aux = losses.multi_prototype_contrastive(
-        jnp.asarray(v), jnp.asarray(ids), jnp.asarray(valid), jnp.asarray(protos),
-        gamma=gamma, lam=20.0, delta=0.1, margin_mode=mode,
+        jnp.asarray(v),
+        jnp.asarray(ids),
+        jnp.asarray(valid),
+        jnp.asarray(protos),
+        gamma=gamma,
+        lam=20.0,
+        delta=0.1,
+        margin_mode=mode,
     )
     want = _np_contrastive(v, ids, valid, protos, gamma, 20.0, 0.1, mode)
     np.testing.assert_allclose(float(got), want, rtol=1e-4, atol=1e-4)
@@ -113,14 +119,17 @@ def test_contrastive_margin_modes_differ_and_mean_concepts():
     }
     assert vals["softtriple_minus"] > vals["plus_ce"] > vals["plus_numerator_only"]
     per_anchor = [
-        float(losses.multi_prototype_contrastive(v[i : i + 1], ids[i : i + 1], valid[:1], protos)[0])
+        float(
+            losses.multi_prototype_contrastive(v[i : i + 1], ids[i : i + 1], valid[:1], protos)[0]
+        )
         for i in range(6)
     ]
     got = float(
         losses.multi_prototype_contrastive(v, ids, valid, protos, reduction="mean_concepts")[0]
     )
-    np.testing.assert_allclose(got, 0.5 * (np.mean(per_anchor[:4]) + np.mean(per_anchor[4:])),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        got, 0.5 * (np.mean(per_anchor[:4]) + np.mean(per_anchor[4:])), rtol=1e-5
+    )
 
 
 def test_concept_bce_and_task_ce_match_numpy():
@@ -129,13 +138,15 @@ def test_concept_bce_and_task_ce_match_numpy():
     t = (rng.random((4, 3)) > 0.5).astype(np.float32)
     p = 1 / (1 + np.exp(-z))
     want = -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))
-    np.testing.assert_allclose(float(losses.concept_bce(jnp.asarray(z), jnp.asarray(t))), want,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(losses.concept_bce(jnp.asarray(z), jnp.asarray(t))), want, rtol=1e-5
+    )
     y = rng.integers(0, 3, 4)
     logp = z - _np_logsumexp(z)[:, None]
     np.testing.assert_allclose(
         float(losses.task_cross_entropy(jnp.asarray(z), jnp.asarray(y))),
-        -np.mean(logp[np.arange(4), y]), rtol=1e-5,
+        -np.mean(logp[np.arange(4), y]),
+        rtol=1e-5,
     )
 
 
@@ -148,8 +159,9 @@ def test_spatial_softmax_pool_matches_numpy():
         for k in range(2):
             a = np.exp(cam[b, :, :, k] - cam[b, :, :, k].max())
             a /= a.sum()
-            np.testing.assert_allclose(got[b, k], np.einsum("hw,hwc->c", a, f[b]), rtol=1e-5,
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                got[b, k], np.einsum("hw,hwc->c", a, f[b]), rtol=1e-5, atol=1e-6
+            )
 
 
 def _np_projector(params, stats, x, mask, train, mode):
@@ -190,8 +202,13 @@ def test_projector_matches_numpy(mode, train):
     stats = jax.tree.map(
         lambda s: np.abs(s) + rng.random(s.shape).astype(np.float32), variables["batch_stats"]
     )
-    out = proj.apply({"params": params, "batch_stats": stats}, jnp.asarray(x), jnp.asarray(mask),
-                     train, mutable=["batch_stats"] if train else False)
+    out = proj.apply(
+        {"params": params, "batch_stats": stats},
+        jnp.asarray(x),
+        jnp.asarray(mask),
+        train,
+        mutable=["batch_stats"] if train else False,
+    )
     out = out[0] if train else out
     np_params = jax.tree.map(np.asarray, params)
     want = _np_projector(np_params, jax.tree.map(np.asarray, stats), x, mask, train, mode)
@@ -227,8 +244,9 @@ def test_similarity_maps_and_pool_scores_invariants():
 
 
 def test_csr_model_shapes_and_param_tree():
-    model = CsrModel(TinyBackbone(), num_concepts=3, num_classes=2, prototypes_per_concept=4,
-                     proj_dim=8)
+    model = CsrModel(
+        TinyBackbone(), num_concepts=3, num_classes=2, prototypes_per_concept=4, proj_dim=8
+    )
     x = jnp.zeros((2, 16, 16, 3))
     variables = model.init(jax.random.key(0), x)
     p = variables["params"]

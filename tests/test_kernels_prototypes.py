@@ -28,8 +28,9 @@ def _naive_cos(z, p):
             for x in range(w):
                 for j in range(p.shape[0]):
                     a, b = z[i, y, x].astype(np.float64), p[j].astype(np.float64)
-                    out[i, y, x, j] = a @ b / max(np.linalg.norm(a), 1e-12) / max(
-                        np.linalg.norm(b), 1e-12)
+                    out[i, y, x, j] = (
+                        a @ b / max(np.linalg.norm(a), 1e-12) / max(np.linalg.norm(b), 1e-12)
+                    )
     return out
 
 
@@ -63,8 +64,7 @@ def test_pooling_similarity_and_argmin():
         for j in range(p.shape[0]):
             assert loc[i, j] == np.argmin(d[i, ..., j].reshape(-1))
     np.testing.assert_allclose(kp.exp_similarity(d, 5.0), np.exp(-d / 5.0), rtol=1e-6)
-    np.testing.assert_allclose(
-        kp.log_similarity(d), np.log((d + 1) / (d + 1e-4)), rtol=1e-5)
+    np.testing.assert_allclose(kp.log_similarity(d), np.log((d + 1) / (d + 1e-4)), rtol=1e-5)
 
 
 def test_cosine_similarity_maps_match_loop():
@@ -78,8 +78,9 @@ def test_kernels_on_sharded_batch():
     n = jax.device_count()
     z, p = _data(3, n=n)
     zs = jax.device_put(z, NamedSharding(mesh, P("data")))
-    f = jax.jit(lambda a, b: (kp.min_pool(kp.l2_distance_maps(a, b)),
-                              kp.cosine_similarity_maps(a, b)))
+    f = jax.jit(
+        lambda a, b: (kp.min_pool(kp.l2_distance_maps(a, b)), kp.cosine_similarity_maps(a, b))
+    )
     mins, cos = f(zs, jnp.asarray(p))
     ref = _naive_l2(z, p).min(axis=(1, 2))
     np.testing.assert_allclose(mins, ref, rtol=1e-5, atol=1e-5)

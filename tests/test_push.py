@@ -22,7 +22,7 @@ def _brute_force(z, protos, labels, proto_class):
             cands.append((d.min(), i, int(np.argmin(d))))
         cands.sort(key=lambda t: (t[0], t[1]))
         chosen = (-1, 0, None)
-        for dist, i, loc in cands:
+        for _dist, i, loc in cands:
             if i not in used:
                 used.add(i)
                 chosen = (i, loc, z[i].reshape(h * w, -1)[loc])
@@ -53,8 +53,13 @@ def test_streaming_push_equals_brute_force(batch):
         idx_c = np.where(valid, idx, 0)
         zb = z[idx_c]
         allowed = labels[idx_c][:, proto_class] > 0
-        cands = merge(cands, l2_distance_maps(zb, protos), zb,
-                      np.where(valid, idx, -1).astype(np.int32), allowed)
+        cands = merge(
+            cands,
+            l2_distance_maps(zb, protos),
+            zb,
+            np.where(valid, idx, -1).astype(np.int32),
+            allowed,
+        )
     got = kpush.greedy_assign(jax.device_get(cands))
     ref = _brute_force(z, protos, labels, proto_class)
     for j, (img, loc, emb) in enumerate(ref):

@@ -18,17 +18,22 @@ def _setup(extra=""):
     return cfg, index, XmirMethod(cfg, index)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    cfg, index, method = _setup()
+    return cfg, index, method, method.init(jax.random.key(0))
+
+
 def _batch(method, sampler, example_fn, epoch=0):
     rows = sampler.epoch(epoch)[: method.P * method.K]
     ex = [example_fn(i, np.random.default_rng(int(i))) for i in rows]
     return rows, {k: jnp.asarray(np.stack([e[k] for e in ex])) for k in ex[0]}
 
 
-def test_pk_batches_loss_and_predict():
-    cfg, index, method = _setup()
+def test_pk_batches_loss_and_predict(tiny):
+    cfg, index, method, state = tiny
     records = index.split("train")
     labels = class_labels(records)
-    state = method.init(jax.random.key(0))
     phase = method.phases()[0]
     sampler, example_fn = method.train_data(phase, records)
     assert len(sampler) % (method.P * method.K) == 0
@@ -56,8 +61,8 @@ def test_pk_batches_loss_and_predict():
     assert phase.steps == int(round(cfg.train.epochs * (np.bincount(labels).min() // method.K)))
 
 
-def test_evaluate_keys():
-    cfg, index, method = _setup()
+def test_evaluate_keys(tiny):
+    cfg, index, method, _ = tiny
     records = index.split("test")[:20]
     emb = np.eye(3, 4)[class_labels(records)] + 0.01
     out = method.evaluate({"embedding": emb.astype(np.float32)}, records)
@@ -83,15 +88,33 @@ def test_batch_size_mismatch_is_an_error():
         XmirMethod(cfg, synthetic_index(cfg.data))
 
 
-def test_saliency_maps_shapes():
-    cfg, index, method = _setup()
-    state = method.init(jax.random.key(1))
+def test_saliency_maps_shapes(tiny):
+    cfg, index, method, state = tiny
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     recs = index.split("test")[:2]
     q, r = (jnp.asarray(method.eval_example(x)["image"]) for x in recs)
-    maps = method.saliency_maps(variables, q, r, sbsm_window=8, sbsm_stride=8, chunk_size=8)
+    maps = method.saliency_maps(variables, q, r, sbsm_window=16, sbsm_stride=16, chunk_size=4)
     assert set(maps) == {"sbsm", "simatt", "simcam"}
     for m in maps.values():
         assert m.shape == (32, 32) and np.all(np.isfinite(m)) and m.min() >= 0
     with pytest.raises(ValueError, match="unknown saliency"):
         method.saliency_maps(variables, q, r, ("gradcam",))
+
+
+@pytest.mark.parametrize("module", ["xmir_isic", "xmir_covidx"])
+def test_configs_build_methods(module):
+    import importlib
+
+    get_config = importlib.import_module(f"configs.{module}").get_config
+    full = get_config()
+    assert full.train.batch_size == 48 and full.model.backbone == "densenet121"
+    assert full.model.embedding_dim == (256 if module == "xmir_isic" else 0)
+    assert full.optim.lr == 1e-4 and full.loss.margin == 0.2 and full.train.epochs == 20
+    cfg = get_config("synthetic,runlocal,anomaly,image_size=32")
+    method = XmirMethod(cfg, synthetic_index(cfg.data))
+    assert method.P == 2 and method.index.class_names[method.anomaly_class] in (
+        "melanoma",
+        "COVID-19",
+    )
+    with pytest.raises(ValueError, match="unknown config argument"):
+        get_config("synthtic")

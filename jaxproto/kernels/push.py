@@ -59,7 +59,10 @@ def init_candidates(num_prototypes: int, k: int, dim: int) -> Candidates:
 
 
 def merge_candidates(
-    cands: Candidates, distance_maps: jax.Array, embeddings: jax.Array, image_ids: jax.Array,
+    cands: Candidates,
+    distance_maps: jax.Array,
+    embeddings: jax.Array,
+    image_ids: jax.Array,
     allowed: jax.Array,
 ) -> Candidates:
     """Merges one batch into the candidate lists.

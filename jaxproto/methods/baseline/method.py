@@ -28,7 +28,8 @@ class BaselineNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        taps = build_backbone(self.backbone, taps=(self.tap,), with_head=False)(x, train=train)
+        net = build_backbone(self.backbone, taps=(self.tap,), with_head=False, name="backbone")
+        taps = net(x, train=train)
         feats = taps[self.tap]
         pooled = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
         return nn.Dense(self.num_classes, name="head")(pooled)
@@ -70,15 +71,8 @@ class BaselineMethod(Method):
         if init_from:
             from jaxproto.backbones import load_pretrained, merge_pretrained
 
-            out = {
-                **out,
-                **merge_pretrained(
-                    out,
-                    load_pretrained(init_from, self.config.model.backbone),
-                    prefix=_backbone_prefix(out["params"]),
-                    allow_missing=r"head/",
-                ),
-            }
+            pretrained = load_pretrained(init_from, self.config.model.backbone, drop_head=True)
+            out = {**out, **merge_pretrained(out, pretrained, prefix="backbone")}
         return out
 
     def optimizers(self, steps_per_epoch):
@@ -132,7 +126,3 @@ class BaselineMethod(Method):
         return metrics_lib.classification_report(
             labels[:, keep], predictions["probs"][:, keep], names
         )
-
-
-def _backbone_prefix(params) -> str:
-    return next(k for k in params if k != "head")

@@ -44,21 +44,27 @@ def _branch(sd: dict, suffix: str, arch: str) -> tuple[dict, dict]:
 
     where = "student" if not suffix else "EMA teacher"
     prefix = f"features{suffix}.features."
-    backbone_sd = {k[len("features{}.".format(suffix)):]: sd.pop(k)
-                   for k in [k for k in sd if k.startswith(prefix)]}
+    backbone_sd = {
+        k[len(f"features{suffix}.") :]: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]
+    }
     if not backbone_sd:
         raise KeyError(f"{where}: no '{prefix}*' keys in the CIPL state_dict")
-    bb = convert_state_dict(backbone_sd, arch, drop_head=True,
-                            source_name=f"CIPL {where} backbone")
+    bb = convert_state_dict(backbone_sd, arch, drop_head=True, source_name=f"CIPL {where} backbone")
     protos = _take(sd, f"prototype_vectors{suffix}", where)
     params = {
         "backbone": bb["params"],
-        "toplayer": {"kernel": _conv(_take(sd, f"features{suffix}.toplayer.weight", where)),
-                     "bias": _take(sd, f"features{suffix}.toplayer.bias", where)},
-        "add_on_0": {"kernel": _conv(_take(sd, f"add_on_layers{suffix}.0.weight", where)),
-                     "bias": _take(sd, f"add_on_layers{suffix}.0.bias", where)},
-        "add_on_1": {"kernel": _conv(_take(sd, f"add_on_layers{suffix}.2.weight", where)),
-                     "bias": _take(sd, f"add_on_layers{suffix}.2.bias", where)},
+        "toplayer": {
+            "kernel": _conv(_take(sd, f"features{suffix}.toplayer.weight", where)),
+            "bias": _take(sd, f"features{suffix}.toplayer.bias", where),
+        },
+        "add_on_0": {
+            "kernel": _conv(_take(sd, f"add_on_layers{suffix}.0.weight", where)),
+            "bias": _take(sd, f"add_on_layers{suffix}.0.bias", where),
+        },
+        "add_on_1": {
+            "kernel": _conv(_take(sd, f"add_on_layers{suffix}.2.weight", where)),
+            "bias": _take(sd, f"add_on_layers{suffix}.2.bias", where),
+        },
         "prototype_vectors": protos.reshape(protos.shape[0], protos.shape[1]),
         "last_layer": {"kernel": _take(sd, f"last_layer{suffix}.weight", where).T},
     }
@@ -71,17 +77,24 @@ def _check_like(name: str, got, want) -> None:
     if flat_got.keys() != flat_want.keys():
         missing = sorted(map(jax.tree_util.keystr, flat_want.keys() - flat_got.keys()))
         extra = sorted(map(jax.tree_util.keystr, flat_got.keys() - flat_want.keys()))
-        raise ValueError(f"{name}: converted tree differs from the model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
+        raise ValueError(
+            f"{name}: converted tree differs from the model: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
     for path, w in flat_want.items():
         if tuple(np.shape(flat_got[path])) != tuple(w.shape):
-            raise ValueError(f"{name}{jax.tree_util.keystr(path)}: checkpoint shape "
-                             f"{np.shape(flat_got[path])}, model expects {tuple(w.shape)} "
-                             "(check model.prototypes_per_class, proto_dim and the class count)")
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)}: checkpoint shape "
+                f"{np.shape(flat_got[path])}, model expects {tuple(w.shape)} "
+                "(check model.prototypes_per_class, proto_dim and the class count)"
+            )
 
 
-def convert_official(state_dict: Mapping[str, np.ndarray], config: ml_collections.ConfigDict,
-                     template: Mapping | None = None) -> dict:
+def convert_official(
+    state_dict: Mapping[str, np.ndarray],
+    config: ml_collections.ConfigDict,
+    template: Mapping | None = None,
+) -> dict:
     """Official state_dict -> {"params", "batch_stats", "extra"} for ``config``.
 
     Without ``*_ema`` keys the teacher is a copy of the student. ``template`` (e.g.
@@ -98,8 +111,11 @@ def convert_official(state_dict: Mapping[str, np.ndarray], config: ml_collection
         ema_params, ema_stats = params, batch_stats
     if sd:
         raise ValueError(f"unexpected keys in the CIPL state_dict: {sorted(sd)[:10]}")
-    state = {"params": params, "batch_stats": batch_stats,
-             "extra": {"ema_params": ema_params, "ema_batch_stats": ema_stats}}
+    state = {
+        "params": params,
+        "batch_stats": batch_stats,
+        "extra": {"ema_params": ema_params, "ema_batch_stats": ema_stats},
+    }
     if template is not None:
         for key in ("params", "batch_stats", "extra"):
             _check_like(key, state[key], template[key])
@@ -124,15 +140,17 @@ def index_for_config(config: ml_collections.ConfigDict) -> DatasetIndex:
 
         names, bg = list(CLASS_NAMES), len(CLASS_NAMES) - 1
     else:
-        raise ValueError(f"CIPL conversion: unsupported data.name {name!r} "
-                         "(chestxray14, odir or synthetic)")
+        raise ValueError(
+            f"CIPL conversion: unsupported data.name {name!r} (chestxray14, odir or synthetic)"
+        )
     return DatasetIndex(name=name, class_names=names, splits={}, background_class=bg)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="official CIPL .pth (state_dict)")
-    parser.add_argument("--config", required=True,
-                        help="config file[:arg], e.g. configs/cipl_chestxray14.py")
+    parser.add_argument(
+        "--config", required=True, help="config file[:arg], e.g. configs/cipl_chestxray14.py"
+    )
     parser.add_argument("--out", required=True, help="output jaxproto workdir")
 
 

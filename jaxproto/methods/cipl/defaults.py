@@ -42,7 +42,7 @@ def cipl_config(
     c.data.val_fraction = 0.0
     c.data.seed = 0
     c.data.like = like
-    c.data.num_train = 800 if synthetic else 0
+    c.data.num_train = 480 if synthetic else 0
     c.data.num_test = 200 if synthetic else 0
     c.data.num_val = 0
     c.data.prepared = ""
@@ -64,11 +64,13 @@ def cipl_config(
 
     c.train = train
     c.train.update(
-        batch_size=16 if synthetic else 24, eval_batch_size=64, best_metric="mean_auc",
+        batch_size=16 if synthetic else 24,
+        eval_batch_size=64,
+        best_metric="mean_auc",
         eval_every_epochs=0.0 if synthetic else 1.0,
         checkpoint_every_steps=200 if synthetic else 1000,
     )
-    c.train.warmup_epochs = 6 if synthetic else 15
+    c.train.warmup_epochs = 8 if synthetic else 15
     c.train.num_epochs = 12 if synthetic else 41
     c.train.push_epochs = [9, 11] if synthetic else [35, 40]
     c.train.last_layer_epochs = 1 if synthetic else 6
@@ -91,12 +93,16 @@ def cipl_config(
     c.optim.backbone_lr = 1e-3 if synthetic else 1e-4
     c.optim.add_on_lr = 3e-3
     c.optim.prototypes_lr = 3e-3
-    c.optim.lr_halving_epochs = [4, 8] if synthetic else [10, 20, 25, 30, 35]
+    c.optim.lr_halving_epochs = [6, 10] if synthetic else [10, 20, 25, 30, 35]
     c.optim.lr_gamma = 0.5
     c.optim.last_layer_lr = 1e-3 if synthetic else 1e-4
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
+
+    c.localization = ml_collections.ConfigDict()
+    c.localization.threshold = 0.5
+    c.localization.mode = "minmax"  # or "max": pixels >= threshold * max
 
     c.explain = ml_collections.ConfigDict()
     c.explain.top_prototypes = 3 if synthetic else 10

@@ -80,7 +80,9 @@ def co_attention(fa: jax.Array, fb: jax.Array, mode: str = "explicit") -> tuple[
     return fa_co.reshape(n, h, w, d), fb_co.reshape(n, h, w, d)
 
 
-def interpretation_alignment(student: jax.Array, teacher: jax.Array, eps: float = 1e-12) -> jax.Array:
+def interpretation_alignment(
+    student: jax.Array, teacher: jax.Array, eps: float = 1e-12
+) -> jax.Array:
     """L_int of §2.4: sum over positions of 1 - cos(student, teacher) along the prototype axis,
     mean over samples. Maps are (N, H, W, P); the teacher is not differentiated."""
     teacher = jax.lax.stop_gradient(teacher)
@@ -91,7 +93,10 @@ def interpretation_alignment(student: jax.Array, teacher: jax.Array, eps: float 
 
 
 def prediction_alignment(
-    student_logits: jax.Array, teacher_logits: jax.Array, fg: np.ndarray, bg: int,
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    fg: np.ndarray,
+    bg: int,
     temperature: float = 1.0,
 ) -> jax.Array:
     """L_pred of §2.4: squared difference of per-class sample Gram matrices of the two-way

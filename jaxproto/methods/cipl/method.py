@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxproto.core.method import Batch, Method, Metrics, Phase, PyTree, Sampler, State
-from jaxproto.data.records import DatasetIndex, DataError, Record
+from jaxproto.data.records import DataError, DatasetIndex, Record
 from jaxproto.kernels.prototypes import exp_similarity
 from jaxproto.methods.cipl import losses
 from jaxproto.methods.cipl.model import CiplNet, build_model, prototype_class_identity
@@ -75,8 +75,10 @@ class SingleExample:
         from jaxproto.data.images import load_image
 
         r = self.records[int(index)]
-        return {"image": self.transform(load_image(r.path), rng),
-                "labels": np.asarray(r.labels, np.float32)}
+        return {
+            "image": self.transform(load_image(r.path), rng),
+            "labels": np.asarray(r.labels, np.float32),
+        }
 
 
 @dataclasses.dataclass
@@ -90,7 +92,7 @@ class PairExample:
         from jaxproto.data.images import load_image
 
         out = {}
-        for key, idx in zip(("a", "b"), np.asarray(row).reshape(-1)):
+        for key, idx in zip(("a", "b"), np.asarray(row).reshape(-1), strict=False):
             r = self.records[int(idx)]
             x, x_prime = self.transform(load_image(r.path), rng)
             out[f"image_{key}"], out[f"view_{key}"] = x, x_prime
@@ -151,7 +153,9 @@ class CiplMethod(Method):
     def optimizers(self, steps_per_epoch: int) -> dict[str, optax.GradientTransformation]:
         o = self.config.optim
         sched = functools.partial(
-            halving_schedule, epochs=list(o.lr_halving_epochs), gamma=float(o.lr_gamma),
+            halving_schedule,
+            epochs=list(o.lr_halving_epochs),
+            gamma=float(o.lr_gamma),
             steps_per_epoch=steps_per_epoch,
         )
         joint = optax.multi_transform(
@@ -185,16 +189,31 @@ class CiplMethod(Method):
         start, first = warm, True
         for p in pushes:
             out.append(self._main_phase(p + 1 - start, first, after=(self._push_hook(p),)))
-            out.append(Phase(f"last_layer@{p}", "last", loss="main", data="pairs",
-                             epochs=int(t.last_layer_epochs), post_update=self._project))
+            out.append(
+                Phase(
+                    f"last_layer@{p}",
+                    "last",
+                    loss="main",
+                    data="pairs",
+                    epochs=int(t.last_layer_epochs),
+                    post_update=self._project,
+                )
+            )
             start, first = p + 1, False
         if start < total:
             out.append(self._main_phase(total - start, first, after=()))
         return [ph for ph in out if ph.epochs > 0]
 
     def _main_phase(self, epochs: int, first: bool, after: tuple) -> Phase:
-        return Phase("main", "joint", loss="main", data="pairs", epochs=epochs,
-                     before=(init_ema_hook,) if first else (), after=after)
+        return Phase(
+            "main",
+            "joint",
+            loss="main",
+            data="pairs",
+            epochs=epochs,
+            before=(init_ema_hook,) if first else (),
+            after=after,
+        )
 
     def _push_hook(self, epoch: int):
         from jaxproto.methods.cipl.push import push_hook
@@ -205,8 +224,10 @@ class CiplMethod(Method):
         """W = max(W, 0) restricted to own-class connections, after every last-layer step."""
         kernel = state["params"]["last_layer"]["kernel"]
         projected = jnp.maximum(kernel * jnp.asarray(self.identity, kernel.dtype), 0.0)
-        params = {**state["params"], "last_layer": {**state["params"]["last_layer"],
-                                                     "kernel": projected}}
+        params = {
+            **state["params"],
+            "last_layer": {**state["params"]["last_layer"], "kernel": projected},
+        }
         return {**state, "params": params}
 
     # ------------------------------------------------------------------ data
@@ -236,16 +257,23 @@ class CiplMethod(Method):
         if phase.data == "single":
             w = self._image_weights(labels, float(d.background_weight_single))
             tf = transforms.CiplTrainTransform(
-                size, degrees=aug.single_degrees, translate=aug.single_translate,
-                scale=tuple(aug.single_scale), shear=aug.single_shear,
+                size,
+                degrees=aug.single_degrees,
+                translate=aug.single_translate,
+                scale=tuple(aug.single_scale),
+                shear=aug.single_shear,
                 elastic_grayscale=bool(aug.elastic_grayscale),
             )
             return samplers.WeightedSampler(w, len(records), seed), SingleExample(records, tf)
         if phase.data == "pairs":
             w = self._image_weights(labels, float(d.background_weight_pairs))
             tf = transforms.CiplPairViewTransform(
-                size, pad=int(aug.pair_pad) or None, degrees=aug.pair_degrees,
-                translate=aug.pair_translate, scale=tuple(aug.pair_scale), shear=aug.pair_shear,
+                size,
+                pad=int(aug.pair_pad) or None,
+                degrees=aug.pair_degrees,
+                translate=aug.pair_translate,
+                scale=tuple(aug.pair_scale),
+                shear=aug.pair_shear,
                 elastic_grayscale=bool(aug.elastic_grayscale),
             )
             return samplers.PairSampler(labels, seed, weights=w), PairExample(records, tf)
@@ -265,9 +293,13 @@ class CiplMethod(Method):
             images = [jnp.concatenate(images, axis=0)]
         zs = []
         for x in images:
-            z, upd = self.model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                      train=True, mutable=["batch_stats"],
-                                      method=CiplNet.embed)
+            z, upd = self.model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                method=CiplNet.embed,
+            )
             batch_stats = upd["batch_stats"]
             zs.append(z)
         return jnp.concatenate(zs, axis=0), batch_stats
@@ -279,8 +311,7 @@ class CiplMethod(Method):
         c = self.config.loss
         ce = losses.background_ce(out["logits"], labels, fg, self.background)
         clst, sep = losses.cluster_separation(out["min_distances"], labels, self.identity)
-        total = (c.crs_ent * ce + c.clst * clst
-                 + c.sep * jax.nn.relu(c.sep_margin - sep))
+        total = c.crs_ent * ce + c.clst * clst + c.sep * jax.nn.relu(c.sep_margin - sep)
         return total, {"ce": ce, "cluster": clst, "separation": sep}
 
     def loss(self, params: PyTree, state: State, batch: Batch, rng: jax.Array, phase: Phase):
@@ -291,6 +322,13 @@ class CiplMethod(Method):
             total, metrics = self._proto_terms(out, batch["labels"], self.fg_eval)
             return total, (metrics, {"batch_stats": bs})
         if phase.loss == "main":
+            if phase.optimizer == "last":
+                # Only the last layer trains: cut the other gradients so XLA drops the backbone
+                # backward pass (the values, incl. BN/EMA updates, are unchanged).
+                params = {
+                    k: v if k == "last_layer" else jax.lax.stop_gradient(v)
+                    for k, v in params.items()
+                }
             return self._main_loss(params, state, batch)
         raise ValueError(f"CIPL has no loss variant {phase.loss!r}; use 'warmup' or 'main'")
 
@@ -299,18 +337,22 @@ class CiplMethod(Method):
         m = float(self.config.model.ema_momentum)
         extra = state["extra"]
         # EMA from the pre-update student params, before the teacher forward (cipl.md §1.7).
-        ema_params = jax.tree.map(lambda e, p: m * e + (1.0 - m) * jax.lax.stop_gradient(p),
-                                  extra["ema_params"], params)
+        ema_params = jax.tree.map(
+            lambda e, p: m * e + (1.0 - m) * jax.lax.stop_gradient(p), extra["ema_params"], params
+        )
         views = jnp.concatenate([batch["view_a"], batch["view_b"]], axis=0)
         t_out, t_upd = self.model.apply(
-            {"params": ema_params, "batch_stats": extra["ema_batch_stats"]}, views, train=True,
+            {"params": ema_params, "batch_stats": extra["ema_batch_stats"]},
+            views,
+            train=True,
             mutable=["batch_stats"],
         )
         t_sim = jax.lax.stop_gradient(exp_similarity(t_out["distances"], sc))
         t_logits = jax.lax.stop_gradient(t_out["logits"])
 
-        z, bs = self._student_embed(params, state["batch_stats"],
-                                    [batch["image_a"], batch["image_b"]])
+        z, bs = self._student_embed(
+            params, state["batch_stats"], [batch["image_a"], batch["image_b"]]
+        )
         out = self._classify(params, z)
         labels = jnp.concatenate([batch["labels_a"], batch["labels_b"]], axis=0)
         total, metrics = self._proto_terms(out, labels, self.fg_main)
@@ -319,11 +361,13 @@ class CiplMethod(Method):
         co_a, co_b = losses.co_attention(za, zb, c.coattn_distance)
         co_logits = self._classify(params, jnp.concatenate([co_a, co_b], axis=0))["logits"]
         common = batch["labels_a"] * batch["labels_b"]
-        l_co = losses.background_ce(co_logits, jnp.concatenate([common, common], 0),
-                                    self.fg_main, self.background)
+        l_co = losses.background_ce(
+            co_logits, jnp.concatenate([common, common], 0), self.fg_main, self.background
+        )
         l_int = losses.interpretation_alignment(exp_similarity(out["distances"], sc), t_sim)
-        l_pred = losses.prediction_alignment(out["logits"], t_logits, self.fg_main,
-                                             self.background, float(c.pred_temperature))
+        l_pred = losses.prediction_alignment(
+            out["logits"], t_logits, self.fg_main, self.background, float(c.pred_temperature)
+        )
         total = total + c.cross_att * l_co + c.inte_align * l_int + c.pred_align * l_pred
         metrics.update({"co_ce": l_co, "align_int": l_int, "align_pred": l_pred})
         updates = {
@@ -346,8 +390,9 @@ class CiplMethod(Method):
         n, h, w, _ = sim.shape
         per_class = sim.reshape(n, h, w, self.num_classes, -1)  # prototypes are class-major
         result = {
-            "probs": jax.nn.sigmoid(logits[:, self.fg_eval] - logits[:, self.background:
-                                                                     self.background + 1]),
+            "probs": jax.nn.sigmoid(
+                logits[:, self.fg_eval] - logits[:, self.background : self.background + 1]
+            ),
             "logits": logits,
             "min_distances": out["min_distances"],
             "class_maps": jnp.max(per_class, axis=-1),
@@ -368,10 +413,16 @@ class CiplMethod(Method):
             out[f"auc/{name}"] = row["auc"]
             out[f"f1/{name}"] = row["f1"]
         out["classes"] = report["classes"]
-        out.update(localization_metrics(
-            predictions["class_maps"], records, int(self.config.model.image_size),
-            class_ids=self.fg_eval,
-        ))
+        out.update(
+            localization_metrics(
+                predictions["class_maps"],
+                records,
+                int(self.config.model.image_size),
+                class_ids=self.fg_eval,
+                threshold_frac=float(self.config.localization.threshold),
+                mode=self.config.localization.mode,
+            )
+        )
         return out
 
 

@@ -33,11 +33,11 @@ def prototype_class_identity(num_classes: int, prototypes_per_class: int) -> np.
 
 
 def _own_class_init(prototypes_per_class: int):
-    """Last-layer kernel (P, C): 1 where the prototype belongs to the class (incorrect strength 0)."""
+    """Last-layer kernel (P, C): 1 for the prototype's own class, else 0 (incorrect strength 0)."""
 
     def init(key, shape, dtype=jnp.float32):
         del key
-        num_p, num_c = shape
+        _, num_c = shape
         return jnp.asarray(prototype_class_identity(num_c, prototypes_per_class), dtype)
 
     return init
@@ -70,18 +70,23 @@ class CiplNet(nn.Module):
             bias_init=torch_default_bias(self.backbone_channels),
         )
         self.add_on_0 = nn.Conv(
-            self.proto_dim, (1, 1), kernel_init=kaiming_normal_fan_out,
+            self.proto_dim,
+            (1, 1),
+            kernel_init=kaiming_normal_fan_out,
             bias_init=nn.initializers.zeros,
         )
         self.add_on_1 = nn.Conv(
-            self.proto_dim, (1, 1), kernel_init=kaiming_normal_fan_out,
+            self.proto_dim,
+            (1, 1),
+            kernel_init=kaiming_normal_fan_out,
             bias_init=nn.initializers.zeros,
         )
         self.prototype_vectors = self.param(
             "prototype_vectors", _uniform01, (self.num_prototypes, self.proto_dim)
         )
         self.last_layer = nn.Dense(
-            self.num_classes, use_bias=False,
+            self.num_classes,
+            use_bias=False,
             kernel_init=_own_class_init(self.prototypes_per_class),
         )
 

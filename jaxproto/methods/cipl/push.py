@@ -35,24 +35,30 @@ def _gather(tree):
     return jax.device_get(tree)
 
 
-def _batches(method, records: Sequence[Record], mesh, batch_size: int
-             ) -> Iterator[tuple[np.ndarray, dict]]:
+def _batches(
+    method, records: Sequence[Record], mesh, batch_size: int
+) -> Iterator[tuple[np.ndarray, dict]]:
     """(record ids with -1 for padding, global batch) over ``records`` in order."""
     from jaxproto.data import pipeline
 
     n_dev = mesh.size
     batch_size = max(n_dev, -(-batch_size // n_dev) * n_dev)
-    it = pipeline.make_eval_batches(records, method.eval_example, batch_size,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+    it = pipeline.make_eval_batches(
+        records,
+        method.eval_example,
+        batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     for idx, local, valid in it:
         ids = np.where(valid, idx, -1).astype(np.int32)
         local = {"image": local["image"], "labels": local["labels"], "ids": ids}
         yield ids, parallel.global_batch(local, mesh)
 
 
-def find_candidates(method, state: State, records: Sequence[Record], mesh, batch_size: int,
-                    k: int = 0) -> kpush.Candidates:
+def find_candidates(
+    method, state: State, records: Sequence[Record], mesh, batch_size: int, k: int = 0
+) -> kpush.Candidates:
     """One pass over ``records``: per-prototype top-k class-restricted nearest patches."""
     num_p = method.identity.shape[0]
     k = k or kpush.exact_candidate_count(num_p, len(records))
@@ -62,8 +68,9 @@ def find_candidates(method, state: State, records: Sequence[Record], mesh, batch
     def step(state, batch, cands):
         out = method.apply_eval(state, batch["image"])
         allowed = (batch["labels"] @ identity.T) > 0  # image has the prototype's class
-        return kpush.merge_candidates(cands, out["distances"], out["embeddings"],
-                                      batch["ids"], allowed)
+        return kpush.merge_candidates(
+            cands, out["distances"], out["embeddings"], batch["ids"], allowed
+        )
 
     step = jax.jit(step, out_shardings=repl)
     cands = jax.device_put(kpush.init_candidates(num_p, k, method.model.proto_dim), repl)
@@ -83,19 +90,30 @@ def apply_assignment(state: State, assignment: kpush.Assignment) -> State:
     return {**state, "params": {**state["params"], "prototype_vectors": value}}
 
 
-def _distance_maps(method, state: State, records: Sequence[Record], mesh, batch_size: int
-                   ) -> np.ndarray:
+def _distance_maps(
+    method, state: State, records: Sequence[Record], mesh, batch_size: int
+) -> np.ndarray:
     """Eval-mode distance maps (N, h, w, P) for a few records (the push sources)."""
-    fn = jax.jit(lambda s, b: method.apply_eval(s, b["image"])["distances"],
-                 out_shardings=parallel.replicated(mesh))
+    fn = jax.jit(
+        lambda s, b: method.apply_eval(s, b["image"])["distances"],
+        out_shardings=parallel.replicated(mesh),
+    )
     parts = []
     for ids, batch in _batches(method, records, mesh, batch_size):
         parts.append(np.asarray(_gather(fn(state, batch)))[ids >= 0])
     return np.concatenate(parts)
 
 
-def write_atlas(method, state: State, records: Sequence[Record], assignment: kpush.Assignment,
-                out_dir: str, mesh, batch_size: int, is_main: bool) -> list[dict]:
+def write_atlas(
+    method,
+    state: State,
+    records: Sequence[Record],
+    assignment: kpush.Assignment,
+    out_dir: str,
+    mesh,
+    batch_size: int,
+    is_main: bool,
+) -> list[dict]:
     """Per-prototype overlay/contour PNGs plus atlas.json/atlas.html (main process writes)."""
     from jaxproto.data.images import load_image
     from jaxproto.viz import atlas, overlays
@@ -118,27 +136,36 @@ def write_atlas(method, state: State, records: Sequence[Record], assignment: kpu
         act = np.asarray(log_similarity(dmap))
         h, w = divmod(int(assignment.location[j]), dmap.shape[1])
         entry = {
-            "prototype_id": j, "class_name": names[j // ppc],
-            "source_image_id": rec.image_id, "source_path": rec.path,
-            "image": f"{j}_overlay.png", "contour_image": f"{j}_contour.png",
-            "location": [h, w], "distance": float(assignment.distance[j]),
+            "prototype_id": j,
+            "class_name": names[j // ppc],
+            "source_image_id": rec.image_id,
+            "source_path": rec.path,
+            "image": f"{j}_overlay.png",
+            "contour_image": f"{j}_contour.png",
+            "location": [h, w],
+            "distance": float(assignment.distance[j]),
         }
         if is_main:
             import cv2
 
             image = cv2.resize(load_image(rec.path), (size, size), interpolation=cv2.INTER_LINEAR)
-            overlays.save_png(os.path.join(out_dir, entry["image"]),
-                              overlays.heatmap_overlay(image, act, alpha=0.3))
-            overlays.save_png(os.path.join(out_dir, entry["contour_image"]),
-                              overlays.draw_contour(image, act, level=0.65))
+            overlays.save_png(
+                os.path.join(out_dir, entry["image"]),
+                overlays.heatmap_overlay(image, act, alpha=0.3),
+            )
+            overlays.save_png(
+                os.path.join(out_dir, entry["contour_image"]),
+                overlays.draw_contour(image, act, level=0.65),
+            )
         entries.append(entry)
     if is_main:
         atlas.write_atlas(out_dir, entries, title="CIPL prototype atlas")
     return entries
 
 
-def push_prototypes(method, state: State, records: Sequence[Record], mesh, out_dir: str,
-                    is_main: bool = True) -> tuple[State, list[dict]]:
+def push_prototypes(
+    method, state: State, records: Sequence[Record], mesh, out_dir: str, is_main: bool = True
+) -> tuple[State, list[dict]]:
     """Full push: candidates -> greedy assignment -> new prototypes -> atlas."""
     t = method.config.train
     bs = int(t.push_batch_size)
@@ -146,8 +173,9 @@ def push_prototypes(method, state: State, records: Sequence[Record], mesh, out_d
     assignment = kpush.greedy_assign(cands)
     missing = int(np.sum(assignment.image < 0))
     if missing:
-        log.warning("push: %d prototypes had no unused image of their class; left unchanged",
-                    missing)
+        log.warning(
+            "push: %d prototypes had no unused image of their class; left unchanged", missing
+        )
     state = apply_assignment(state, assignment)
     if is_main:
         os.makedirs(out_dir, exist_ok=True)
@@ -159,6 +187,7 @@ def push_hook(ctx, state: State, *, method, epoch: int) -> State:
     """Phase ``after`` hook: push on the training split, artefacts in <workdir>/push/<epoch>/."""
     out_dir = os.path.join(ctx.workdir, "push", str(epoch))
     log.info("push at epoch %d -> %s", epoch, out_dir)
-    state, _ = push_prototypes(method, state, ctx.index.split("train"), ctx.mesh, out_dir,
-                               ctx.is_main_process)
+    state, _ = push_prototypes(
+        method, state, ctx.index.split("train"), ctx.mesh, out_dir, ctx.is_main_process
+    )
     return state

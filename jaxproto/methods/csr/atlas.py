@@ -42,7 +42,7 @@ class AtlasBuilder:
         self.hits = np.zeros((k, m), np.int64)
 
     def add(self, v_proj: np.ndarray, present: np.ndarray, record_ids: np.ndarray) -> None:
-        """v_proj (b, K, D) projected local concept vectors, present (b, K) bool, record_ids (b,)."""
+        """v_proj (b, K, D) projected local concept vectors, present (b, K), record_ids (b,)."""
         cos = np.einsum("bkd,kmd->bkm", np.asarray(v_proj, np.float64), self.protos)
         masked = np.where(present[..., None], cos, -np.inf)
         best = np.argmax(masked, axis=0)  # (K, M): best row of this batch per prototype
@@ -93,19 +93,24 @@ def write_prototype_atlas(
                 continue
             if i not in written:
                 rel = os.path.join("images", f"train_{i:06d}.png")
-                img = cv2.resize(load_image(records[i].path), (image_size, image_size),
-                                 interpolation=cv2.INTER_AREA)
+                img = cv2.resize(
+                    load_image(records[i].path),
+                    (image_size, image_size),
+                    interpolation=cv2.INTER_AREA,
+                )
                 save_png(os.path.join(out_dir, rel), img)
                 written[i] = rel
-            entries.append({
-                "prototype_id": k * m_count + m,
-                "class_name": str(concept_names[k]),
-                "source_image_id": records[i].image_id,
-                "image": written[i],
-                "similarity": float(atlas["atlas_score"][k, m]),
-                "hit_count": int(atlas["hit_count"][k, m]),
-                "pruned": bool(proto_mask is not None and proto_mask[k, m] == 0),
-            })
+            entries.append(
+                {
+                    "prototype_id": k * m_count + m,
+                    "class_name": str(concept_names[k]),
+                    "source_image_id": records[i].image_id,
+                    "image": written[i],
+                    "similarity": float(atlas["atlas_score"][k, m]),
+                    "hit_count": int(atlas["hit_count"][k, m]),
+                    "pruned": bool(proto_mask is not None and proto_mask[k, m] == 0),
+                }
+            )
     if not entries:
         raise ValueError("no prototype could be linked to a training image (no concept present)")
     return write_atlas(out_dir, entries, title="CSR prototype atlas")

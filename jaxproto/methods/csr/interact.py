@@ -130,7 +130,9 @@ class CsrSession:
         if clip_negative not in CLIP_MODES:
             raise ValueError(f"clip_negative must be one of {CLIP_MODES}, got {clip_negative!r}")
         if interaction_grid not in GRID_MODES:
-            raise ValueError(f"interaction_grid must be one of {GRID_MODES}, got {interaction_grid!r}")
+            raise ValueError(
+                f"interaction_grid must be one of {GRID_MODES}, got {interaction_grid!r}"
+            )
         self.model = model
         self.variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
         self.proto_mask = jnp.asarray(state["extra"]["proto_mask"])
@@ -158,17 +160,22 @@ class CsrSession:
         state's mask."""
         k = self.sims.shape[1]
         mask = self.proto_mask if proto_mask is None else jnp.asarray(proto_mask, jnp.float32)
-        rej = jnp.zeros((k,), jnp.float32) if rejected is None else jnp.asarray(rejected, jnp.float32)
+        rej = (
+            jnp.zeros((k,), jnp.float32) if rejected is None else jnp.asarray(rejected, jnp.float32)
+        )
         a = None if importance is None else jnp.asarray(importance, jnp.float32)
         size = self.img_hw[0] if self.interaction_grid == "image" else 0
         if size and self.img_hw[0] != self.img_hw[1]:
             raise ValueError(f"interaction_grid=image needs square inputs, got {self.img_hw}")
-        logits, s = _rehead(self.model, self.variables, self.sims, a, (mask, rej),
-                            self.clip_negative, size)
+        logits, s = _rehead(
+            self.model, self.variables, self.sims, a, (mask, rej), self.clip_negative, size
+        )
         b = s.shape[0]
         s_km = np.asarray(s).reshape(b, k, -1)
         best = np.argmax(s_km, axis=-1)
-        maps = np.take_along_axis(np.asarray(self.sims), best[:, :, None, None, None], axis=2)[:, :, 0]
+        maps = np.take_along_axis(np.asarray(self.sims), best[:, :, None, None, None], axis=2)[
+            :, :, 0
+        ]
         if a is not None and self.interaction_grid == "feature":
             maps = np.maximum(maps, 0.0) * np.asarray(a).reshape((-1, 1) + self.grid_hw)
         return {
@@ -240,19 +247,29 @@ def explain_cli(
     concepts = []
     m_count = atlas_index.shape[1]
     for k, name in enumerate(concept_names):
-        row = {"concept": name, "probability": float(before["concept_probs"][0, k]),
-               "rejected": bool(rej is not None and rej[k] > 0)}
+        row = {
+            "concept": name,
+            "probability": float(before["concept_probs"][0, k]),
+            "rejected": bool(rej is not None and rej[k] > 0),
+        }
         for tag, res in (("before", before), ("after", after)):
             m = int(res["best_prototype"][0, k])
             rel = os.path.join(tag, f"concept_{k:02d}.png")
-            overlays.save_png(os.path.join(out_dir, rel),
-                              overlays.heatmap_overlay(shown, res["concept_maps"][0, k], 0.4))
+            overlays.save_png(
+                os.path.join(out_dir, rel),
+                overlays.heatmap_overlay(shown, res["concept_maps"][0, k], 0.4),
+            )
             score = float(res["scores"][0, k * m_count + m])
             linked = int(atlas_index[k, m])
-            row[tag] = {"prototype_id": k * m_count + m, "score": score, "map": rel,
-                        "atlas_image_id": train[linked].image_id if 0 <= linked < len(train) else None}
-            figures[tag].append({"image": rel, "caption": f"{name}: prototype {k * m_count + m}, "
-                                                         f"s={score:.3f}"})
+            row[tag] = {
+                "prototype_id": k * m_count + m,
+                "score": score,
+                "map": rel,
+                "atlas_image_id": train[linked].image_id if 0 <= linked < len(train) else None,
+            }
+            figures[tag].append(
+                {"image": rel, "caption": f"{name}: prototype {k * m_count + m}, s={score:.3f}"}
+            )
         concepts.append(row)
     result = {
         "classes": class_names,
@@ -261,9 +278,15 @@ def explain_cli(
         "prediction_before": class_names[int(np.argmax(before["probs"][0]))],
         "prediction_after": class_names[int(np.argmax(after["probs"][0]))],
         "indecisive_before": bool(is_indecisive(before["probs"][0])),
-        "interaction": {"boxes_pos": pos, "boxes_neg": neg, "rejected": [str(r) for r in reject],
-                        "alpha": float(cfg.alpha), "clip_negative": cfg.clip_negative,
-                        "interaction_grid": cfg.interaction_grid, "applied": interactive},
+        "interaction": {
+            "boxes_pos": pos,
+            "boxes_neg": neg,
+            "rejected": [str(r) for r in reject],
+            "alpha": float(cfg.alpha),
+            "clip_negative": cfg.clip_negative,
+            "interaction_grid": cfg.interaction_grid,
+            "applied": interactive,
+        },
         "concepts": concepts,
     }
     with open(os.path.join(out_dir, "result.json"), "w") as f:
@@ -272,8 +295,11 @@ def explain_cli(
         os.path.join(out_dir, "report.html"),
         "CSR explanation",
         [
-            {"heading": "Input", "text": "green: positive boxes, red: negative boxes",
-             "figures": [{"image": "input.png", "caption": "input (network resolution)"}]},
+            {
+                "heading": "Input",
+                "text": "green: positive boxes, red: negative boxes",
+                "figures": [{"image": "input.png", "caption": "input (network resolution)"}],
+            },
             {"heading": "Prediction", "probabilities": result["probs_before"]},
             {"heading": "Interactive prediction", "probabilities": result["probs_after"]},
             {"heading": "Concept maps before interaction", "figures": figures["before"]},

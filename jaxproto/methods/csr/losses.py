@@ -46,8 +46,9 @@ def multi_prototype_contrastive(
 
     anchors (N, D) unit vectors, concept_ids (N,) int ground-truth concept k̃, valid (N,) bool
     (only present concepts are anchors, spec §2.1). ``margin_mode`` places δ (spec §2.4):
-    ``softtriple_minus`` λ(sim_k̃ − δ) in numerator and denominator; ``plus_ce`` λ(sim_k̃ + δ) in both;
-    ``plus_numerator_only`` λ(sim_k̃ + δ) on top of log Σ_k exp(λ sim_k) (may be negative).
+    ``softtriple_minus`` λ(sim_k̃ − δ) in numerator and denominator; ``plus_ce``
+    λ(sim_k̃ + δ) in both; ``plus_numerator_only`` λ(sim_k̃ + δ) on top of
+    log Σ_k exp(λ sim_k) (may be negative).
     ``reduction``: mean over anchors, or mean per concept then over concepts with anchors.
     Returns (loss, {"con_acc": fraction of anchors whose own concept has the largest sim}).
     """

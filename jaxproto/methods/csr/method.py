@@ -112,7 +112,9 @@ class CsrMethod(Method):
         if self.num_concepts == 0:
             raise ValueError(f"dataset {index.name!r} has no concept names; CSR needs concepts")
         if index.multilabel:
-            log.warning("dataset %r is multi-label; CSR uses the arg-max class as target", index.name)
+            log.warning(
+                "dataset %r is multi-label; CSR uses the arg-max class as target", index.name
+            )
         self.image_size = int(m.image_size)
         self.M = int(m.prototypes_per_concept)
         if backbone is None:
@@ -138,7 +140,8 @@ class CsrMethod(Method):
         loss_cfg = config.loss
         if loss_cfg.margin_mode not in losses.MARGIN_MODES:
             raise ValueError(
-                f"loss.margin_mode must be one of {losses.MARGIN_MODES}, got {loss_cfg.margin_mode!r}"
+                f"loss.margin_mode must be one of {losses.MARGIN_MODES}, "
+                f"got {loss_cfg.margin_mode!r}"
             )
 
     # ------------------------------------------------------------------ state
@@ -187,16 +190,25 @@ class CsrMethod(Method):
 
     def phases(self) -> list[Phase]:
         o = self.config.optim
-        before2 = (self.init_prototypes_hook,) if self.config.model.proto_init == "sample_vectors" else ()
+        before2 = (
+            (self.init_prototypes_hook,) if self.config.model.proto_init == "sample_vectors" else ()
+        )
         prune = (self.prune_hook,) if self.prune_ids else ()
         return [
             Phase("concepts", "stage1", loss="concepts", epochs=float(o.stage1.epochs)),
             Phase(
-                "prototypes", "stage2", loss="prototypes", epochs=float(o.stage2.epochs),
-                before=before2, after=(self.atlas_hook,),
+                "prototypes",
+                "stage2",
+                loss="prototypes",
+                epochs=float(o.stage2.epochs),
+                before=before2,
+                after=(self.atlas_hook,),
             ),
             Phase(
-                "task_head", "stage3", loss="task", epochs=float(o.stage3.epochs),
+                "task_head",
+                "stage3",
+                loss="task",
+                epochs=float(o.stage3.epochs),
                 before=prune if self.refine_mode == "mask_retrain" else (),
                 after=prune if self.refine_mode == "mask" else (),
             ),
@@ -205,7 +217,9 @@ class CsrMethod(Method):
     def train_data(self, phase: Phase, records: Sequence[Record]):
         from jaxproto.data import samplers
 
-        seed = int(self.config.train.seed) + 7919 * [p.name for p in self.phases()].index(phase.name)
+        seed = int(self.config.train.seed) + 7919 * [p.name for p in self.phases()].index(
+            phase.name
+        )
         return samplers.ShuffleSampler(len(records), seed), CsrExample(
             records, self.image_size, self.num_concepts, train=True
         )
@@ -232,7 +246,10 @@ class CsrMethod(Method):
         )
         loss = losses.concept_bce(z, batch["concepts"])
         acc = jnp.mean(((z > 0) == (batch["concepts"] > 0.5)).astype(jnp.float32))
-        return loss, ({"concept_bce": loss, "concept_acc": acc}, {"batch_stats": upd["batch_stats"]})
+        return loss, (
+            {"concept_bce": loss, "concept_acc": acc},
+            {"batch_stats": upd["batch_stats"]},
+        )
 
     def _prototype_loss(self, params, state, batch):
         present = batch["concepts"] > 0.5
@@ -311,8 +328,11 @@ class CsrMethod(Method):
             state = _set_params(state, "prototypes", result["nearest_vector"])
         if ctx.is_main_process:
             atlas_lib.write_prototype_atlas(
-                os.path.join(ctx.workdir, "atlas"), result, records,
-                list(self.index.concept_names), self.image_size,
+                os.path.join(ctx.workdir, "atlas"),
+                result,
+                records,
+                list(self.index.concept_names),
+                self.image_size,
             )
         return state
 
@@ -320,8 +340,9 @@ class CsrMethod(Method):
         """``proto_init=sample_vectors``: prototypes start as random projected training vectors."""
         records = ctx.index.split("train")
         concepts = np.stack([concepts_of(r, self.num_concepts) for r in records]) > 0.5
-        vectors = np.zeros((len(records), self.num_concepts, int(self.config.model.proj_dim)),
-                           np.float32)
+        vectors = np.zeros(
+            (len(records), self.num_concepts, int(self.config.model.proj_dim)), np.float32
+        )
         for idx, out in ctx.stream_predictions(state, records):
             vectors[idx] = np.asarray(jax.device_get(out["v_proj"]))[: len(idx)]
         rng = np.random.default_rng(int(self.config.train.seed))
@@ -341,8 +362,10 @@ def _grouped(stage: str, txs: dict[str, optax.GradientTransformation]):
     groups = _STAGE_GROUPS[stage]
 
     def labels(params):
-        return {name: jax.tree.map(lambda _, n=name: groups.get(n, "frozen"), sub)
-                for name, sub in params.items()}
+        return {
+            name: jax.tree.map(lambda _, n=name: groups.get(n, "frozen"), sub)
+            for name, sub in params.items()
+        }
 
     return optax.multi_transform({**txs, "frozen": optax.set_to_zero()}, labels)
 

@@ -100,8 +100,11 @@ class Projector(nn.Module):
     num_blocks: int = 3
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None, train: bool = False) -> jax.Array:
-        """x (B, L, C) -> (B, L, D) unit vectors; ``mask`` (B, L) marks entries used for statistics."""
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
+        """x (B, L, C) -> (B, L, D) unit vectors; ``mask`` (B, L) marks the entries that feed
+        normalisation statistics."""
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
         x = nn.Dense(self.features, name="in_proj")(x.astype(jnp.float32))
