@@ -49,9 +49,7 @@ class Model:
             (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
         )
         self.sharding = jax.sharding.NamedSharding(mesh, jax.P("data"))
-        self.variables = jax.device_put(
-            self.variables, jax.sharding.NamedSharding(mesh, jax.P())
-        )
+        self.variables = jax.device_put(self.variables, jax.sharding.NamedSharding(mesh, jax.P()))
         self._embed = jax.jit(self.method.embed)
 
     def load(self, path: str) -> np.ndarray:

@@ -79,6 +79,10 @@ def test_push_matches_brute_force_and_writes_atlas(setup, tmp_path):
 
     rec = method.index.split("test")[0]
     out_dir = tmp_path / "explain"
+    epoch_dir = tmp_path / "push" / "3"  # a workdir layout: <workdir>/push/<epoch>/
+    os.makedirs(epoch_dir)
+    for name in ["atlas.json"] + [e["image"] for e in entries]:
+        os.rename(tmp_path / name, epoch_dir / name)
     result = explain(
         method, new_state, rec.path, str(out_dir), box=(4, 4, 20, 20), atlas_dir=str(tmp_path)
     )

@@ -168,3 +168,17 @@ def test_pointing_game_protocols():
 def test_box_to_grid_floor_ceil_clamped():
     assert evaluate.box_to_grid(Box(0, 40, 0, 60, 10), (7, 7), (224, 224)) == (0, 1, 1, 4)
     assert evaluate.box_to_grid(Box(0, 220, 220, 30, 30), (7, 7), (224, 224)) == (6, 7, 6, 7)
+
+
+@pytest.mark.parametrize("mode", ["mask", "mask_retrain"])
+def test_refine_prunes_before_or_after_head_training(setup, mode):
+    method0, state = setup[0], setup[1]
+    cfg = method0.config.copy_and_resolve_references()
+    cfg.refine.mode, cfg.refine.prune = mode, [1, 6]
+    method = CsrMethod(cfg, _index(), backbone=TinyBackbone())
+    head = method.phases()[2]
+    hooks = head.before if mode == "mask_retrain" else head.after
+    other = head.after if mode == "mask_retrain" else head.before
+    assert len(hooks) == 1 and not other
+    mask = np.asarray(hooks[0](None, state)["extra"]["proto_mask"])
+    assert mask[0, 1] == 0 and mask[1, 2] == 0 and mask.sum() == 10

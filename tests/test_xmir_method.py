@@ -88,6 +88,7 @@ def test_batch_size_mismatch_is_an_error():
         XmirMethod(cfg, synthetic_index(cfg.data))
 
 
+@pytest.mark.slow  # three densenet_tiny compiles (~15 s idle, > 60 s on a loaded machine)
 def test_saliency_maps_shapes(tiny):
     cfg, index, method, state = tiny
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

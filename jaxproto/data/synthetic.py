@@ -181,7 +181,8 @@ _ISIC_FINDINGS = [
     Finding("checker", (0.95, 0.85, 0.75), 0.8),
     Finding("stripes45", (0.12, 0.02, 0.05), 0.85),
 ]
-_ISIC_BLOB = [(0.62, 0.42, 0.3), (0.5, 0.35, 0.2), (0.25, 0.13, 0.1)]  # by class
+# Lesion tones, drawn independently of the class: the task is visible only through concepts.
+_ISIC_BLOB = [(0.62, 0.42, 0.3), (0.5, 0.35, 0.2), (0.25, 0.13, 0.1)]
 
 _TBX = list(tbx11k.CLASS_NAMES)  # healthy, sick_non_tb, tb
 # The two TB lesion types (COCO categories 1, 2 of the real json) plus non-TB findings for
@@ -362,10 +363,9 @@ def layout(like: str, seed: int, index: int) -> Layout:
         )
     else:  # skin
         rad = rng.uniform(0.3, 0.36)
-        cls = int(np.argmax(labels))
         scene = {
             "cx": rng.uniform(0.47, 0.53), "cy": rng.uniform(0.47, 0.53), "rad": rad,
-            "phase": rng.uniform(0, 2 * np.pi, size=2), "blob": _ISIC_BLOB[cls],
+            "phase": rng.uniform(0, 2 * np.pi, size=2), "blob": _ISIC_BLOB[rng.integers(3)],
             "cells": rng.standard_normal((8, 8, 3)).astype(np.float32),
         }  # fmt: skip
         region = lambda x, y, s: (  # noqa: E731

@@ -208,7 +208,8 @@ def explain_cli(
 
     ``image`` is a path or a uint8 HxWx3 array; boxes are (x, y, w, h) in that image's pixels;
     ``reject`` lists concepts by name or index. α, clipping and the grid come from
-    ``method.config.model`` (``alpha``, ``clip_negative``, ``interaction_grid``).
+    ``method.config.model`` (``alpha``, ``clip_negative``, ``interaction_grid``). The returned
+    dict is ``result.json``'s content plus the ``json`` and ``html`` paths.
     """
     from jaxproto.data import transforms
     from jaxproto.data.images import load_image
@@ -289,9 +290,10 @@ def explain_cli(
         },
         "concepts": concepts,
     }
-    with open(os.path.join(out_dir, "result.json"), "w") as f:
+    json_path = os.path.join(out_dir, "result.json")
+    with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
-    write_html_report(
+    html_path = write_html_report(
         os.path.join(out_dir, "report.html"),
         "CSR explanation",
         [
@@ -307,4 +309,4 @@ def explain_cli(
         ],
     )
     log.info("CSR explanation written to %s", out_dir)
-    return result
+    return {**result, "json": json_path, "html": html_path}

@@ -104,7 +104,7 @@ class XmirMethod(Method):
                     f"{index.name}: {index.class_names}"
                 )
             self.anomaly_class = index.class_names.index(lc.anomaly_class)
-        n_train_classes = index.num_classes - (lc.anomaly and 1)
+        n_train_classes = index.num_classes - int(bool(lc.anomaly))
         self.P = int(lc.classes_per_batch) or n_train_classes
         self.K = int(lc.samples_per_class)
         if self.P * self.K != int(config.train.batch_size):
