@@ -43,7 +43,9 @@ def build_config(dataset: str, like: str, arg: str | None) -> ml_collections.Con
     m.prototypes_per_concept = 16 if synthetic else 100
     m.proj_dim = 64 if synthetic else 256
     m.ibn_mode = "r1_groupnorm"  # r1_groupnorm | instancenorm_over_patches | none
-    m.proto_init = "normal"  # normal | unit_random | sample_vectors
+    # normal (spec default) | unit_random | sample_vectors. Synthetic: unit-norm prototypes, so
+    # the short stage-2 schedule can rotate them (N(0,1) in D=64 has norm ~8).
+    m.proto_init = "unit_random" if synthetic else "normal"
     m.head_bias = True
     m.head_input_bn = False
     m.clip_negative = "interactive_only"  # interactive_only | always | never
@@ -73,7 +75,7 @@ def build_config(dataset: str, like: str, arg: str | None) -> ml_collections.Con
         c.data.val_fraction = 0.0
         c.data.seed = 0
         c.data.like = like
-        c.data.num_train = 640
+        c.data.num_train = 1600
         c.data.num_test = 200
         c.data.num_val = 0
         c.data.clever_hans = bool(arg.clever_hans)
@@ -89,9 +91,9 @@ def build_config(dataset: str, like: str, arg: str | None) -> ml_collections.Con
 
     o = c.optim = ml_collections.ConfigDict()
     if synthetic:
-        o.stage1 = _stage(3e-3, 1e-5, 1e-4, 12.0, "cosine")
-        o.stage2 = _stage(3e-3, 3e-3, 1e-4, 4.0, "constant", proto_wd=0.0)
-        o.stage3 = _stage(1e-2, 1e-5, 0.0, 8.0, "cosine")
+        o.stage1 = _stage(3e-3, 1e-5, 1e-4, 20.0, "cosine")
+        o.stage2 = _stage(1e-2, 1e-2, 1e-4, 8.0, "constant", proto_wd=0.0)
+        o.stage3 = _stage(1e-2, 1e-5, 0.0, 10.0, "cosine")
     else:
         o.stage1 = _stage(1e-4, 1e-6, 1e-2, 50.0, "cosine")
         o.stage2 = _stage(1e-4, 1e-4, 1e-4, 30.0, "constant", proto_wd=0.0)

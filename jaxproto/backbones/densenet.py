@@ -36,6 +36,9 @@ CONFIGS: dict[str, dict] = {
     "densenet121": {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64},
     "densenet169": {"growth_rate": 32, "block_config": (6, 12, 32, 32), "num_init_features": 64},
     "densenet_tiny": {"growth_rate": 8, "block_config": (2, 2, 2, 2), "num_init_features": 16},
+    # Three dense blocks: output stride 16 (8x8 maps at 128 px) for CPU demos of
+    # prototype localisation.
+    "densenet_tiny_s16": {"growth_rate": 12, "block_config": (2, 3, 4), "num_init_features": 16},
 }
 
 

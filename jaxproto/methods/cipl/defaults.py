@@ -51,6 +51,8 @@ def cipl_config(
     c.data.background_weight_pairs = 3.0  # and main/last-layer loader
     # cipl.md §3.4 (chest X-ray values; configs/cipl_odir.py sets ODIR's).
     c.data.augment = ml_collections.ConfigDict()
+    # "official": cipl.md §3.4; "light": resize + jitter + flip for small synthetic sets.
+    c.data.augment.policy = "light" if synthetic else "official"
     c.data.augment.single_degrees = 30.0
     c.data.augment.single_translate = 0.3
     c.data.augment.single_scale = [0.8, 1.2]

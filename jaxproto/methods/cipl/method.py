@@ -254,27 +254,40 @@ class CiplMethod(Method):
         size = int(self.config.model.image_size)
         labels = np.stack([r.labels for r in records]).astype(np.float32)
         aug = d.augment
+        if aug.get("policy", "official") not in ("official", "light"):
+            raise ValueError(
+                f"data.augment.policy must be 'official' or 'light', got {aug.policy!r}"
+            )
+        light = aug.get("policy", "official") == "light"
         if phase.data == "single":
             w = self._image_weights(labels, float(d.background_weight_single))
-            tf = transforms.CiplTrainTransform(
-                size,
-                degrees=aug.single_degrees,
-                translate=aug.single_translate,
-                scale=tuple(aug.single_scale),
-                shear=aug.single_shear,
-                elastic_grayscale=bool(aug.elastic_grayscale),
+            tf = (
+                transforms.LightTrainTransform(size)
+                if light
+                else transforms.CiplTrainTransform(
+                    size,
+                    degrees=aug.single_degrees,
+                    translate=aug.single_translate,
+                    scale=tuple(aug.single_scale),
+                    shear=aug.single_shear,
+                    elastic_grayscale=bool(aug.elastic_grayscale),
+                )
             )
             return samplers.WeightedSampler(w, len(records), seed), SingleExample(records, tf)
         if phase.data == "pairs":
             w = self._image_weights(labels, float(d.background_weight_pairs))
-            tf = transforms.CiplPairViewTransform(
-                size,
-                pad=int(aug.pair_pad) or None,
-                degrees=aug.pair_degrees,
-                translate=aug.pair_translate,
-                scale=tuple(aug.pair_scale),
-                shear=aug.pair_shear,
-                elastic_grayscale=bool(aug.elastic_grayscale),
+            tf = (
+                transforms.LightPairViewTransform(size)
+                if light
+                else transforms.CiplPairViewTransform(
+                    size,
+                    pad=int(aug.pair_pad) or None,
+                    degrees=aug.pair_degrees,
+                    translate=aug.pair_translate,
+                    scale=tuple(aug.pair_scale),
+                    shear=aug.pair_shear,
+                    elastic_grayscale=bool(aug.elastic_grayscale),
+                )
             )
             return samplers.PairSampler(labels, seed, weights=w), PairExample(records, tf)
         raise ValueError(f"CIPL has no data variant {phase.data!r}; use 'single' or 'pairs'")

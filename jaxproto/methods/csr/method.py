@@ -160,7 +160,7 @@ class CsrMethod(Method):
         if init_from:
             from jaxproto.backbones import load_pretrained, merge_pretrained
 
-            loaded = load_pretrained(init_from, self.config.model.backbone)
+            loaded = load_pretrained(init_from, self.config.model.backbone, with_head=False)
             out = {**out, **merge_pretrained(out, loaded, prefix="backbone")}
         return out
 
