@@ -28,7 +28,9 @@ def cipl_config(
     c.model.image_size = arg.image_size or (128 if synthetic else 512)
     c.model.prototypes_per_class = arg.prototypes_per_class or (5 if synthetic else 50)
     c.model.proto_dim = 64 if synthetic else 256
-    c.model.similarity_scale = 0.0  # 0 = proto_dim (the official 256)
+    # 0 = proto_dim (the official exp(-d/256)). The synthetic demo uses a sharper scale: with 5
+    # prototypes per class (not 50) the logits' dynamic range is too small to learn in minutes.
+    c.model.similarity_scale = 8.0 if synthetic else 0.0
     c.model.bn_running_var = "unbiased"
     c.model.student_bn_split = True
     c.model.ema_momentum = 0.999
@@ -42,7 +44,7 @@ def cipl_config(
     c.data.val_fraction = 0.0
     c.data.seed = 0
     c.data.like = like
-    c.data.num_train = 480 if synthetic else 0
+    c.data.num_train = 960 if synthetic else 0
     c.data.num_test = 200 if synthetic else 0
     c.data.num_val = 0
     c.data.prepared = ""
