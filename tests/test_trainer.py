@@ -138,9 +138,9 @@ def _wait_for_step(workdir, step, proc, timeout=240):
     raise AssertionError("training did not reach the step in time")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_interrupted_run_resumes_exactly(repo_root, tmp_path, sig):
-    full = tmp_path / "full"
+@pytest.fixture(scope="module")
+def uninterrupted(repo_root, tmp_path_factory):
+    full = tmp_path_factory.mktemp("full")
     subprocess.run(
         _train_cmd(repo_root, full),
         check=True,
@@ -149,6 +149,12 @@ def test_interrupted_run_resumes_exactly(repo_root, tmp_path, sig):
         capture_output=True,
         timeout=600,
     )
+    return full
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_interrupted_run_resumes_exactly(repo_root, tmp_path, sig, uninterrupted):
+    full = uninterrupted
     cut = tmp_path / "cut"
     extra = [("train.checkpoint_every_steps", "2")]
     proc = subprocess.Popen(
