@@ -127,6 +127,12 @@ def tree_shardings(tree, mesh, rules: Sequence[Sequence[str]]):
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def device_multiple(batch_size: int, mesh) -> int:
+    """``batch_size`` rounded up to a multiple of the mesh's device count (at least one each)."""
+    n = mesh.size
+    return max(n, -(-int(batch_size) // n) * n)
+
+
 def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import os
 import signal
 from collections.abc import Iterator, Sequence
@@ -425,8 +424,7 @@ def _short(metrics: dict) -> str:
 
 def stream_predictions(method, mesh, state, records, batch_size, worker_count=0, cache=None):
     """Streams ``records`` through jitted ``method.predict``; yields (indices, outputs)."""
-    n_dev = mesh.size
-    batch_size = max(n_dev, int(math.ceil(batch_size / n_dev)) * n_dev)
+    batch_size = parallel.device_multiple(batch_size, mesh)
     predict = getattr(cache, "_predict_fn", None) if cache is not None else None
     if predict is None:
         predict = jax.jit(method.predict, out_shardings=parallel.replicated(mesh))

@@ -39,10 +39,10 @@ def _batches(
     method, records: Sequence[Record], mesh, batch_size: int
 ) -> Iterator[tuple[np.ndarray, dict]]:
     """(record ids with -1 for padding, global batch) over ``records`` in order."""
+    from jaxproto.core.parallel import device_multiple
     from jaxproto.data import pipeline
 
-    n_dev = mesh.size
-    batch_size = max(n_dev, -(-batch_size // n_dev) * n_dev)
+    batch_size = device_multiple(batch_size, mesh)
     it = pipeline.make_eval_batches(
         records,
         method.eval_example,
