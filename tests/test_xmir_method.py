@@ -111,6 +111,9 @@ def test_configs_build_methods(module):
     assert full.train.batch_size == 48 and full.model.backbone == "densenet121"
     assert full.model.embedding_dim == (256 if module == "xmir_isic" else 0)
     assert full.optim.lr == 1e-4 and full.loss.margin == 0.2 and full.train.epochs == 20
+    synthetic = get_config("synthetic")
+    assert synthetic.data.num_train == (3000 if module == "xmir_isic" else 600)
+    assert synthetic.data.num_test == 270 and synthetic.train.epochs == 12
     cfg = get_config("synthetic,runlocal,anomaly,image_size=32")
     method = XmirMethod(cfg, synthetic_index(cfg.data))
     assert method.P == 2 and method.index.class_names[method.anomaly_class] in (
