@@ -59,7 +59,7 @@ def main(argv):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1, default=float)
-    sys.stdout.write(metrics_lib.format_table(result) + "\n")
+    sys.stdout.write(metrics_lib.format_summary(result) + "\n")
     log.info("wrote %s", out)
 
 

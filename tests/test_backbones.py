@@ -23,6 +23,7 @@ from jaxproto.backbones import (
     merge_pretrained,
 )
 from jaxproto.backbones.layers import BatchNorm, DropPath, adaptive_avg_pool
+from jaxproto.backbones.registry import tap_centre
 
 # ----------------------------------------------------------------------------- registry / taps
 
@@ -454,3 +455,50 @@ def test_merge_pretrained_into_larger_model():
         out["params"]["backbone"]["features"]["norm5"],
         variables["params"]["backbone"]["features"]["norm5"],
     )
+
+
+def test_merge_pretrained_inside_jit():
+    """The trainer builds its state under jit/eval_shape: merging must accept traced targets."""
+    x = jnp.zeros((1, 32, 32, 3))
+    pretrained = convert_state_dict(fake_densenet_state_dict(), "densenet_tiny")
+
+    def init():
+        return merge_pretrained(_Wrapper().init(jax.random.key(0), x), pretrained, "backbone")
+
+    assert jax.eval_shape(init)["params"]["backbone"]["features"]["conv0"]["kernel"].shape == (
+        pretrained["params"]["features"]["conv0"]["kernel"].shape
+    )
+    merged = jax.jit(init)()
+    _assert_trees_equal(merged["params"]["backbone"], pretrained["params"])
+
+
+@pytest.mark.parametrize(
+    "name,tap,size,overrides",
+    [
+        ("resnet_tiny", "layer2", 96, {}),
+        ("resnet_tiny", "stem", 48, {}),
+        ("densenet_tiny", "block4_prenorm", 96, {"block_config": (1, 1, 1)}),
+        ("convnext_tiny_test", "stage1", 64, {}),
+    ],
+)
+def test_tap_centre_is_the_receptive_field_centre(name, tap, size, overrides):
+    """The exact receptive field of an interior cell is where the input gradient is non-zero;
+    its centre must be tap_centre + stride * j."""
+    net = build_backbone(name, taps=(tap,), **overrides)
+    variables = net.init(jax.random.key(1), jnp.zeros((1, size, size, 3)), train=False)
+    stride = backbone_stride(name, tap, **overrides)
+    j = size // stride // 2
+
+    def cell(x):
+        return jnp.sum(net.apply(variables, x, train=False)[tap][0, j, j])
+
+    grad = jax.jit(jax.grad(cell))
+    support = np.zeros((size, size), bool)
+    for k in range(2):
+        g = grad(jax.random.normal(jax.random.key(10 + k), (1, size, size, 3)))
+        support |= np.abs(np.asarray(g[0])).sum(-1) > 0
+    rows, cols = np.flatnonzero(support.any(1)), np.flatnonzero(support.any(0))
+    assert 0 < rows[0] and rows[-1] < size - 1, "receptive field clipped: enlarge the input"
+    want = tap_centre(name, tap, **overrides) + stride * j
+    assert (rows[0] + rows[-1] + 1) / 2 == want
+    assert (cols[0] + cols[-1] + 1) / 2 == want

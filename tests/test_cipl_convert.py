@@ -95,8 +95,17 @@ def pair():
     cfg = load_config_file(
         os.path.join(os.path.dirname(__file__), "..", "configs", "cipl_chestxray14.py:synthetic")
     )
-    # The official exp(-d / D) similarity (the synthetic variant uses a sharper scale).
-    cfg.model.update(image_size=SIZE, prototypes_per_class=PPC, proto_dim=D, similarity_scale=0.0)
+    # The official DenseNet layout and exp(-d / D) similarity (the synthetic variant uses a tiny
+    # ResNet, a sharper scale and a pretraining head).
+    cfg.model.update(
+        backbone="densenet_tiny",
+        tap="",
+        image_size=SIZE,
+        prototypes_per_class=PPC,
+        proto_dim=D,
+        similarity_scale=0.0,
+    )
+    cfg.train.pretrain_epochs = 0
     index = DatasetIndex("t", [f"c{k}" for k in range(C)], {}, background_class=C - 1)
     method = CiplMethod(cfg, index)
     template = jax.eval_shape(method.init, jax.random.key(0))

@@ -102,7 +102,13 @@ def test_init_and_param_groups(setup):
     # one optimizer step of each: joint never touches the last layer, last touches only it
     opts = method.optimizers(steps_per_epoch=3)
     grads = jax.tree.map(jnp.ones_like, p)
-    for name, changed in [("joint", "prototype_vectors"), ("last", "last_layer")]:
+    untouched = {
+        "joint": {"last_layer", "pretrain_classifier"},
+        "last": set(p) - {"last_layer"},
+        "pretrain": {"prototype_vectors", "add_on_0", "add_on_1", "last_layer"},
+    }
+    changes = [("joint", "prototype_vectors"), ("last", "last_layer")]
+    for name, changed in [*changes, ("pretrain", "pretrain_classifier")]:
         step = jax.jit(
             lambda g, p, tx=opts[name]: optax.apply_updates(p, tx.update(g, tx.init(p), p)[0])
         )
@@ -114,7 +120,7 @@ def test_init_and_param_groups(setup):
             )
             if key == changed:
                 assert moved, (name, key)
-            if name == "last" and key != "last_layer" or name == "joint" and key == "last_layer":
+            if key in untouched[name]:
                 assert not moved, (name, key)
 
 
@@ -202,6 +208,29 @@ def test_student_bn_split_threads_stats(setup):
     )
 
 
+def test_pretrain_phase_and_loss(setup):
+    """In-domain pretraining: BCE of a GAP linear head on the backbone's last map (layer4)."""
+    method, state = setup
+    assert method.phases()[0] == cm.Phase("pretrain", "pretrain", "pretrain", "single", 3)
+    b = _batch()
+    batch = {"image": b["image_a"], "labels": b["labels_a"]}
+    phase = method.phases()[0]
+    loss, (metrics, upd) = method.loss(state["params"], state, batch, jax.random.key(0), phase)
+    feats = method.model.backbone.apply(
+        {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]["backbone"]},
+        batch["image"],
+        train=True,
+        mutable=["batch_stats"],
+    )[0]["layer4"]
+    head = state["params"]["pretrain_classifier"]
+    z = np.maximum(np.asarray(feats), 0).mean(axis=(1, 2)) @ np.asarray(head["kernel"])
+    z = z + np.asarray(head["bias"])
+    y = batch["labels"]
+    want = np.mean(np.logaddexp(0, z) - y * z)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert set(upd) == {"batch_stats"} and float(metrics["pretrain_bce"]) == float(loss)
+
+
 def test_warmup_loss_uses_all_foreground(setup):
     method, state = setup
     phase = cm.Phase("warmup", "joint", loss="warmup", data="single")
@@ -225,26 +254,44 @@ def test_last_layer_projection(setup):
     np.testing.assert_array_equal(got, np.where(ident > 0, np.maximum(k, 0), 0))
 
 
-def test_predict_and_evaluate(setup):
+def test_predict_and_evaluate(setup, monkeypatch):
     method, state = setup
     index = method.index
     images = np.random.default_rng(3).normal(size=(6, 64, 64, 3)).astype(np.float32)
     out = jax.jit(method.predict)(state, {"image": images})
     z = np.asarray(out["logits"])
     np.testing.assert_allclose(out["probs"], 1 / (1 + np.exp(-(z[:, :3] - z[:, 3:]))), rtol=1e-5)
-    assert out["class_maps"].shape == (6, 2, 2, 4)
+    assert out["class_maps"].shape == (6, 4, 4, 4)  # resnet_tiny layer3: stride 16 at 64 px
     preds = jax.tree.map(np.asarray, out)
-    # make class-0 maps peak inside the (0, 0, 20, 20) box: pointing game 1
-    maps = np.zeros((6, 2, 2, 4), np.float32) + 0.1
-    maps[:, 0, 0, 0] = 1.0
-    res = method.evaluate({**preds, "class_maps": maps}, index.split("test"))
+    n_boxed = sum(1 for r in index.split("test") if r.boxes)
+    # Class-0 boxes are (0, 0, 20, 20); cell (i, i) looks at pixel 16 i + 0.5 (ResNet tap).
+    # Expected (pointing within 15 px, strictly inside) per peak cell: by hand.
+    for cell, want in ((1, (1.0, 1.0)), (2, (1.0, 0.0)), (3, (0.0, 0.0))):
+        maps = np.full((6, 4, 4, 4), 0.1, np.float32)
+        maps[:, cell, cell, 0] = 1.0
+        res = method.evaluate({**preds, "class_maps": maps}, index.split("test"))
+        assert (res["pointing_game"], res["pointing_game_strict"]) == want, cell
+        assert res["loc_count"] == n_boxed
     assert 0.0 <= res["mean_auc"] <= 1.0 and "auc/c0" in res and "auc/c3" not in res
-    assert res["pointing_game"] == 1.0 and res["loc_count"] == sum(
-        1 for r in index.split("test") if r.boxes
+    # Stretched like cv2.resize, cell 2 is drawn at pixel 40: out of the 15 px margin.
+    monkeypatch.setattr(method, "grid", None)
+    maps = np.full((6, 4, 4, 4), 0.1, np.float32)
+    maps[:, 2, 2, 0] = 1.0
+    assert (
+        method.evaluate({**preds, "class_maps": maps}, index.split("test"))["pointing_game"] == 0.0
     )
-    maps[:, 1, 1, 0] = 2.0
-    res = method.evaluate({**preds, "class_maps": maps}, index.split("test"))
-    assert res["pointing_game"] == 0.0
+
+
+def test_feature_grid_modes():
+    c = _config()
+    assert cm.feature_grid(c) == (16.0, 0.5)
+    c.model.backbone, c.model.tap = "densenet121", ""
+    assert cm.feature_grid(c) == (32.0, 14.5)
+    c.localization.grid = "stretch"
+    assert cm.feature_grid(c) is None
+    c.localization.grid = "bogus"
+    with pytest.raises(ValueError, match="localization.grid"):
+        cm.feature_grid(c)
 
 
 def test_index_without_background_is_rejected():

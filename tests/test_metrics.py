@@ -90,6 +90,24 @@ def test_classification_report_is_json_and_table_lists_classes():
     assert len({len(line) for line in table[:2]}) == 1  # header and rule aligned
 
 
+def test_format_summary_covers_classification_and_other_metrics():
+    rng = _rng(5)
+    y = (rng.random((30, 2)) < 0.5).astype(float)
+    rep = metrics.classification_report(y, rng.random((30, 2)), ["DR", "AMD"])
+    rep["pointing_game"] = np.float32(0.75)
+    text = metrics.format_summary(rep)
+    assert text.startswith(metrics.format_table(rep))
+    assert text.splitlines()[-1].split() == ["pointing_game", "0.7500"]
+    retrieval = {"mAP": 0.9, "R@1": np.float64(1.0), "P@1": 1.0, "per_query": [0.1, 0.2]}
+    retrieval["table"] = {"a": 1.0}
+    lines = metrics.format_summary(retrieval).splitlines()
+    assert [line.split() for line in lines] == [
+        ["mAP", "0.9000"],
+        ["R@1", "1.0000"],
+        ["P@1", "1.0000"],
+    ]
+
+
 @pytest.mark.parametrize("labels", ["present", "all"])
 def test_macro_f1_matches_sklearn(labels):
     rng = _rng(4)

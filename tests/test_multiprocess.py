@@ -22,6 +22,7 @@ OVERRIDES = [
     "--config.train.eval_batch_size=8",
     "--config.train.eval_every_epochs=0.0",
     "--config.train.log_every_steps=1",
+    "--config.train.pretrain_epochs=0",  # the CIPL phases, not the demo's backbone pretraining
     # Adam's early steps are ~lr*sign(g): with eps=1e-8 a gradient that is zero up to float
     # rounding flips sign between reduction orders. A larger eps keeps the comparison
     # well-conditioned without changing what is compared.

@@ -219,3 +219,37 @@ def test_line_plot_writes_png_of_requested_size(tmp_path):
         plots.line_plot(str(tmp_path / "bad.png"), {"a": ([0, 1], [0, np.nan])})
     with pytest.raises(ValueError, match="must be equal"):
         plots.line_plot(str(tmp_path / "bad.png"), {"a": ([0, 1], [0])})
+
+
+def _bilinear_reference(m: np.ndarray, size: int, cell: float, centre: float) -> np.ndarray:
+    """Loop reference: pixel x reads cell coordinate (x + 0.5 - centre) / cell, clamped."""
+    n = m.shape[0]
+    out = np.zeros((size, size))
+    for y in range(size):
+        for x in range(size):
+            u = np.clip((np.array([y, x]) + 0.5 - centre) / cell, 0, n - 1)
+            i0, j0 = np.minimum(np.floor(u).astype(int), n - 2)
+            fy, fx = u - [i0, j0]
+            top = (1 - fx) * m[i0, j0] + fx * m[i0, j0 + 1]
+            bottom = (1 - fx) * m[i0 + 1, j0] + fx * m[i0 + 1, j0 + 1]
+            out[y, x] = (1 - fy) * top + fy * bottom
+    return out
+
+
+def test_upsample_map_places_cells_at_receptive_field_centres():
+    m = np.random.default_rng(0).random((4, 4)).astype(np.float32)
+    got = overlays.upsample_map(m, (32, 32), grid=(8.0, 0.5))
+    np.testing.assert_allclose(got, _bilinear_reference(m, 32, 8.0, 0.5), atol=2e-3)
+    peak = np.zeros((4, 4), np.float32)
+    peak[2, 1] = 1.0
+    assert np.unravel_index(
+        overlays.upsample_map(peak, (32, 32), grid=(8.0, 0.5)).argmax(), (32, 32)
+    ) == (16, 8)
+    # centre = cell / 2 is the plain stretch of cv2.resize.
+    np.testing.assert_allclose(
+        overlays.upsample_map(m, (32, 32), grid=(8.0, 4.0)),
+        overlays.upsample_map(m, (32, 32)),
+        atol=2e-3,
+    )
+    with pytest.raises(ValueError, match="cell size"):
+        overlays.upsample_map(m, (32, 32), grid=(0.0, 0.5))

@@ -100,6 +100,28 @@ def backbone_stride(name: str, tap: str, **overrides: Any) -> int:
     return _tap(name, tap, 1000, overrides)[1]
 
 
+def tap_centre(name: str, tap: str, **overrides: Any) -> float:
+    """Where cell 0 of a map tap looks: the input coordinate of its receptive-field centre.
+
+    Continuous pixel coordinates (pixel i spans [i, i + 1)); cell j is centred at
+    ``tap_centre + stride * j``. Odd kernels with symmetric padding (strided convolutions, 3x3
+    max pools) keep the centre on pixel 0 (0.5); each 2x2 average pool or patchify step moves it
+    by half an input cell. So ResNet sits at 0.5 rather than the stride / 2 a plain resize
+    assumes, DenseNet at 0.5 + 2 (2^t - 1) after t transitions, VGG and ConvNeXt at stride / 2.
+    """
+    spec = get_spec(name)
+    stride = backbone_stride(name, tap, **overrides)
+    if stride == 0:
+        raise ValueError(f"{name}: tap {tap!r} is a vector, not a feature map")
+    if spec.family == "resnet":
+        return 0.5
+    if spec.family == "densenet":
+        config = {**spec.config, **{k: v for k, v in overrides.items() if k in spec.config}}
+        transitions = len(config["block_config"]) - 1
+        return 0.5 + 2.0 * (2**transitions - 1)
+    return stride / 2.0
+
+
 def _tap(name: str, tap: str, num_classes: int, overrides: Mapping[str, Any]) -> tuple[int, int]:
     spec = get_spec(name)
     kwargs = {**spec.config, **{k: v for k, v in overrides.items() if k in spec.config}}

@@ -462,7 +462,9 @@ def merge_pretrained(
         if key not in scope:
             continue
         old = scope[key]
-        if isinstance(old, jax.Array):
+        if isinstance(old, jax.core.Tracer):  # inside jit/eval_shape (the trainer's init)
+            out_flat[key] = jnp.asarray(value, old.dtype)
+        elif isinstance(old, jax.Array):
             out_flat[key] = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
         else:
             out_flat[key] = np.asarray(value, dtype=getattr(old, "dtype", np.float32))

@@ -166,8 +166,8 @@ def classification_report(
 def _fmt(v: object, digits: int = 4) -> str:
     if v is None:
         return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
+    if isinstance(v, float | np.floating):
+        return f"{float(v):.{digits}f}"
     return str(v)
 
 
@@ -208,6 +208,22 @@ def format_table(report: dict[str, object]) -> str:
 
     rule = "-" * len(line(header))
     return "\n".join([line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])])
+
+
+def format_summary(result: dict[str, object]) -> str:
+    """Any method's evaluation dict as text: the per-class table when it has one, then every
+    other scalar metric (retrieval scores, localisation, ...) one per line."""
+    parts = [format_table(result)] if "classes" in result else []
+    table_keys = {"mean_auc", "mean_f1", "mean_accuracy"} if parts else set()
+    scalars = [
+        (k, v)
+        for k, v in result.items()
+        if k not in table_keys and "/" not in k and isinstance(v, int | float | np.number)
+    ]
+    if scalars:
+        width = max(len(k) for k, _ in scalars)
+        parts.append("\n".join(f"{k.ljust(width)}  {_fmt(v)}" for k, v in scalars))
+    return "\n\n".join(parts)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -52,16 +52,21 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return img.copy()
 
 
-def resize_map(
+Grid = tuple[float, float]
+
+
+def upsample_map(
     heat: np.ndarray,
     size: tuple[int, int],
     interpolation: str = "bilinear",
-    normalize: str = "minmax",
+    grid: Grid | None = None,
 ) -> np.ndarray:
-    """Resizes a 2-D map to ``size`` = (height, width), then normalises it to [0, 1].
+    """A 2-D feature map resampled onto an image of ``size`` = (height, width), values kept.
 
-    ``normalize="minmax"`` rescales after upsampling (a constant map becomes all zeros);
-    ``"none"`` requires the resized map to lie in [0, 1] already (bicubic overshoot is clipped).
+    ``grid=None`` stretches the map over the image (``cv2.resize``: cell j centred at
+    (j + 0.5) * image / cells). ``grid=(cell, centre)`` places cell j at its receptive-field
+    centre ``centre + cell * j`` in image pixels (continuous coordinates; see
+    `jaxproto.backbones.registry.tap_centre`, scaled to the image), clamping at the borders.
     """
     m = np.asarray(heat, np.float32)
     if m.ndim != 2 or m.size == 0:
@@ -73,7 +78,38 @@ def resize_map(
             f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}"
         )
     h, w = size
-    up = cv2.resize(m, (w, h), interpolation=_INTERPOLATION[interpolation])
+    if grid is None:
+        return cv2.resize(m, (w, h), interpolation=_INTERPOLATION[interpolation])
+    cell, centre = float(grid[0]), float(grid[1])
+    if cell <= 0:
+        raise ValueError(f"grid cell size must be > 0, got {cell}")
+    # Output pixel x (centre x + 0.5) reads cell coordinate (x + 0.5 - centre) / cell.
+    shift = (0.5 - centre) / cell
+    inverse = np.array([[1 / cell, 0, shift], [0, 1 / cell, shift]], np.float64)
+    return cv2.warpAffine(
+        m,
+        inverse,
+        (w, h),
+        flags=_INTERPOLATION[interpolation] | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+def resize_map(
+    heat: np.ndarray,
+    size: tuple[int, int],
+    interpolation: str = "bilinear",
+    normalize: str = "minmax",
+    grid: Grid | None = None,
+) -> np.ndarray:
+    """Resizes a 2-D map to ``size`` = (height, width), then normalises it to [0, 1].
+
+    ``normalize="minmax"`` rescales after upsampling (a constant map becomes all zeros);
+    ``"none"`` requires the resized map to lie in [0, 1] already (bicubic overshoot is clipped).
+    ``grid`` as in `upsample_map`.
+    """
+    m = np.asarray(heat, np.float32)
+    up = upsample_map(m, size, interpolation, grid)
     if normalize == "minmax":
         lo, hi = float(up.min()), float(up.max())
         return (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
@@ -98,12 +134,14 @@ def heatmap_overlay(
     alpha: float = 0.3,
     interpolation: str = "bilinear",
     normalize: str = "minmax",
+    grid: Grid | None = None,
 ) -> np.ndarray:
-    """Blends a JET heat map over the image: ``(1 - alpha) * image + alpha * jet(map)``."""
+    """Blends a JET heat map over the image: ``(1 - alpha) * image + alpha * jet(map)``;
+    ``grid`` as in `upsample_map`."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = as_rgb(image_uint8)
-    heat = jet(resize_map(map_float, img.shape[:2], interpolation, normalize))
+    heat = jet(resize_map(map_float, img.shape[:2], interpolation, normalize, grid))
     out = (1.0 - alpha) * img.astype(np.float32) + alpha * heat.astype(np.float32)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
@@ -114,14 +152,15 @@ def draw_contour(
     level: float = 0.65,
     color: tuple[int, int, int] = (255, 255, 0),
     dilate: int = 6,
+    grid: Grid | None = None,
 ) -> np.ndarray:
     """Outlines where the upsampled, min-max normalised map is ``>= level``.
 
     The one-pixel boundary of that region is thickened with a ``dilate x dilate`` kernel
-    (``dilate <= 1`` keeps it one pixel wide).
+    (``dilate <= 1`` keeps it one pixel wide); ``grid`` as in `upsample_map`.
     """
     img = as_rgb(image)
-    mask = (resize_map(heat, img.shape[:2]) >= level).astype(np.uint8)
+    mask = (resize_map(heat, img.shape[:2], grid=grid) >= level).astype(np.uint8)
     edge = mask - cv2.erode(mask, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
     if dilate > 1:
         edge = cv2.dilate(edge, np.ones((dilate, dilate), np.uint8))

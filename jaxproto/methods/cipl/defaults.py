@@ -23,7 +23,10 @@ def cipl_config(
     c.method = "cipl"
 
     c.model = ml_collections.ConfigDict()
-    c.model.backbone = arg.backbone or ("densenet_tiny" if synthetic else "densenet121")
+    c.model.backbone = arg.backbone or ("resnet_tiny" if synthetic else "densenet121")
+    # Backbone feature map; "" = DenseNet's pre-norm5 map (cipl.md §1.1). The synthetic demo
+    # taps the tiny ResNet at stride 16 (8 x 8 maps at 128 px, 99 px receptive field).
+    c.model.tap = "layer3" if synthetic and not arg.backbone else ""
     c.model.init_from = ""  # torchvision densenet121-a639ec97.pth for real runs
     c.model.image_size = arg.image_size or (128 if synthetic else 512)
     c.model.prototypes_per_class = arg.prototypes_per_class or (5 if synthetic else 50)
@@ -74,6 +77,10 @@ def cipl_config(
         eval_every_epochs=0.0 if synthetic else 1.0,
         checkpoint_every_steps=200 if synthetic else 1000,
     )
+    # In-domain supervised pretraining of the backbone (GAP linear head, multi-label BCE) before
+    # the warm-up: the stand-in for the ImageNet weights (model.init_from) that real runs start
+    # from. Not part of CIPL; 0 for real data.
+    c.train.pretrain_epochs = 3 if synthetic else 0
     c.train.warmup_epochs = 8 if synthetic else 15
     c.train.num_epochs = 12 if synthetic else 41
     c.train.push_epochs = [9, 11] if synthetic else [35, 40]
@@ -100,6 +107,7 @@ def cipl_config(
     c.optim.lr_halving_epochs = [6, 10] if synthetic else [10, 20, 25, 30, 35]
     c.optim.lr_gamma = 0.5
     c.optim.last_layer_lr = 1e-3 if synthetic else 1e-4
+    c.optim.pretrain_lr = 3e-3
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
@@ -107,6 +115,12 @@ def cipl_config(
     c.localization = ml_collections.ConfigDict()
     c.localization.threshold = 0.5
     c.localization.mode = "minmax"  # or "max": pixels >= threshold * max
+    # Map cells drawn at their receptive-field centres; "stretch" = cv2.resize as the official
+    # visualisations (1.5 px off for DenseNet-121, half a cell for a ResNet tap).
+    c.localization.grid = "receptive_field"
+    # Pointing game: hit if the arg-max is within this many original-image pixels of a box
+    # (Zhang et al. 2016 use 15); the strict variant (inside the box) is reported as well.
+    c.localization.pointing_tolerance = 15.0
 
     c.explain = ml_collections.ConfigDict()
     c.explain.top_prototypes = 3 if synthetic else 10

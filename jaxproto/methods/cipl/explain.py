@@ -20,6 +20,8 @@ import numpy as np
 
 from jaxproto.core.method import State
 
+DISPLAY_MIN = 320  # smallest side (px) of the explanation figures
+
 
 def find_atlas(path: str | None) -> str | None:
     """The atlas folder for ``path``: itself if it holds atlas.json, else the latest
@@ -85,12 +87,18 @@ def explain(
     if not predicted:
         predicted = [max(method.fg_eval, key=lambda k: probs[names[k]])]
 
-    shown = cv2.resize(original, (size, size), interpolation=cv2.INTER_LINEAR)
+    # Figures at least DISPLAY_MIN px wide so small demo inputs stay readable; the maps' grid
+    # (network-input pixels) is scaled with them.
+    shown_size = max(size, DISPLAY_MIN)
+    zoom = shown_size / size
+    grid = None if method.grid is None else (method.grid[0] * zoom, method.grid[1] * zoom)
+    shown = cv2.resize(original, (shown_size, shown_size), interpolation=cv2.INTER_LINEAR)
     boxes = []
     if box is not None:
         h0, w0 = original.shape[:2]
         x, y, w, h = (float(v) for v in box)
-        boxes = [(x * size / w0, y * size / h0, w * size / w0, h * size / h0)]
+        sx, sy = shown_size / w0, shown_size / h0
+        boxes = [(x * sx, y * sy, w * sx, h * sy)]
     atlas_dir = find_atlas(atlas_dir)
     atlas = _load_atlas(atlas_dir)
     result = {
@@ -109,7 +117,11 @@ def explain(
         for rank, r in enumerate(order):
             j = int(protos[r])
             heat = overlays.heatmap_overlay(
-                shown, np.exp(-dist[:, :, j] / scale), alpha=0.3, interpolation="bicubic"
+                shown,
+                np.exp(-dist[:, :, j] / scale),
+                alpha=0.3,
+                interpolation="bicubic",
+                grid=grid,
             )
             if boxes:
                 heat = overlays.draw_boxes(heat, boxes, color=(0, 255, 0))

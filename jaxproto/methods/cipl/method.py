@@ -34,6 +34,7 @@ PARAM_GROUPS = (
     ("add_on", r"^add_on_"),
     ("prototypes", r"^prototype_vectors$"),
     ("last_layer", r"^last_layer/"),
+    ("pretrain_head", r"^pretrain_classifier/"),
 )
 
 
@@ -41,14 +42,16 @@ def _path(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def param_labels(params: PyTree, trainable: Sequence[str]) -> PyTree:
-    """Group name per leaf for ``optax.multi_transform``; groups not in ``trainable`` -> frozen."""
+def param_labels(params: PyTree, trainable: Sequence[str], rename: str = "") -> PyTree:
+    """Group name per leaf for ``optax.multi_transform``; groups not in ``trainable`` -> frozen.
+
+    ``rename`` labels every trainable group with that one name (one shared transform)."""
 
     def label(path, _):
         name = _path(path)
         for group, pattern in PARAM_GROUPS:
             if re.search(pattern, name):
-                return group if group in trainable else "frozen"
+                return (rename or group) if group in trainable else "frozen"
         raise ValueError(f"CIPL parameter {name!r} matches no group of {PARAM_GROUPS}")
 
     return jax.tree_util.tree_map_with_path(label, params)
@@ -100,6 +103,30 @@ class PairExample:
         return out
 
 
+def feature_grid(config: ml_collections.ConfigDict) -> tuple[float, float] | None:
+    """(cell, centre) in input pixels placing similarity maps on the image, or None to stretch
+    them (``cv2.resize``, as the official visualisations) — ``config.localization.grid``."""
+    from jaxproto.backbones import backbone_stride
+    from jaxproto.backbones.registry import tap_centre
+    from jaxproto.methods.cipl.model import BACKBONE_TAP
+
+    mode = config.get("localization", {}).get("grid", "stretch")
+    if mode == "stretch":
+        return None
+    if mode != "receptive_field":
+        raise ValueError(f"localization.grid must be 'receptive_field' or 'stretch', got {mode!r}")
+    m = config.model
+    tap = m.get("tap", "") or BACKBONE_TAP
+    return float(backbone_stride(m.backbone, tap)), tap_centre(m.backbone, tap)
+
+
+def _pretrain_epochs(config: ml_collections.ConfigDict) -> int:
+    epochs = int(config.train.get("pretrain_epochs", 0))
+    if epochs < 0:
+        raise ValueError(f"train.pretrain_epochs must be >= 0, got {epochs}")
+    return epochs
+
+
 def _check_index(index: DatasetIndex) -> int:
     if index.background_class is None:
         raise DataError(
@@ -118,7 +145,8 @@ class CiplMethod(Method):
         self.background = _check_index(index)
         self.num_classes = index.num_classes
         m = config.model
-        self.model: CiplNet = build_model(m, self.num_classes)
+        self.pretrain_epochs = _pretrain_epochs(config)
+        self.model: CiplNet = build_model(m, self.num_classes, self.pretrain_epochs > 0)
         self.identity = prototype_class_identity(self.num_classes, int(m.prototypes_per_class))
         self.fg_eval = losses.all_foreground(self.num_classes, self.background)
         self.fg_main = losses.foreground_classes(
@@ -127,6 +155,7 @@ class CiplMethod(Method):
         if self.fg_main.size == 0:
             raise ValueError("CIPL needs at least one foreground class in the main-stage loss")
         self._project = self.project_last_layer  # one object: the trainer caches steps by id
+        self.grid = feature_grid(config)
 
     # ------------------------------------------------------------------ state
     def init(self, rng: jax.Array) -> State:
@@ -171,7 +200,15 @@ class CiplMethod(Method):
             {"last_layer": _adam(float(o.last_layer_lr), o), "frozen": optax.set_to_zero()},
             functools.partial(param_labels, trainable=("last_layer",)),
         )
-        return {"joint": joint, "last": last}
+        out = {"joint": joint, "last": last}
+        if self.pretrain_epochs:
+            out["pretrain"] = optax.multi_transform(
+                {"pretrain": _adam(float(o.pretrain_lr), o), "frozen": optax.set_to_zero()},
+                functools.partial(
+                    param_labels, trainable=("backbone", "pretrain_head"), rename="pretrain"
+                ),
+            )
+        return out
 
     # ------------------------------------------------------------------ schedule
     def phases(self) -> list[Phase]:
@@ -184,6 +221,11 @@ class CiplMethod(Method):
                 f"num_epochs={total})"
             )
         out = []
+        pretrain = _pretrain_epochs(self.config)
+        if pretrain:
+            out.append(
+                Phase("pretrain", "pretrain", loss="pretrain", data="single", epochs=pretrain)
+            )
         if warm > 0:
             out.append(Phase("warmup", "joint", loss="warmup", data="single", epochs=warm))
         start, first = warm, True
@@ -329,6 +371,16 @@ class CiplMethod(Method):
 
     def loss(self, params: PyTree, state: State, batch: Batch, rng: jax.Array, phase: Phase):
         del rng
+        if phase.loss == "pretrain":
+            logits, upd = self.model.apply(
+                {"params": params, "batch_stats": state["batch_stats"]},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+                method=CiplNet.pretrain_logits,
+            )
+            bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
+            return bce, ({"pretrain_bce": bce}, {"batch_stats": upd["batch_stats"]})
         if phase.loss == "warmup":
             z, bs = self._student_embed(params, state["batch_stats"], [batch["image"]])
             out = self._classify(params, z)
@@ -343,7 +395,9 @@ class CiplMethod(Method):
                     for k, v in params.items()
                 }
             return self._main_loss(params, state, batch)
-        raise ValueError(f"CIPL has no loss variant {phase.loss!r}; use 'warmup' or 'main'")
+        raise ValueError(
+            f"CIPL has no loss variant {phase.loss!r}; use 'pretrain', 'warmup' or 'main'"
+        )
 
     def _main_loss(self, params, state, batch):
         c, sc = self.config.loss, self.model.similarity_scale
@@ -434,6 +488,8 @@ class CiplMethod(Method):
                 class_ids=self.fg_eval,
                 threshold_frac=float(self.config.localization.threshold),
                 mode=self.config.localization.mode,
+                grid=self.grid,
+                pointing_tolerance=float(self.config.localization.get("pointing_tolerance", 15.0)),
             )
         )
         return out

@@ -57,6 +57,8 @@ class CiplNet(nn.Module):
     proto_dim: int = 256
     similarity_scale: float = 256.0
     tap: str = BACKBONE_TAP
+    pretrain_head: bool = False
+    pretrain_tap: str = ""
 
     @property
     def num_prototypes(self) -> int:
@@ -89,6 +91,17 @@ class CiplNet(nn.Module):
             use_bias=False,
             kernel_init=_own_class_init(self.prototypes_per_class),
         )
+        if self.pretrain_head:
+            self.pretrain_classifier = nn.Dense(self.num_classes)
+
+    def pretrain_logits(self, x: jax.Array, train: bool) -> jax.Array:
+        """Images -> (N, C) logits of a GAP linear head on the backbone's last feature map.
+
+        Only for in-domain backbone pretraining (``train.pretrain_epochs``), the stand-in for
+        the ImageNet initialisation when no pretrained file is given; unused by the prototype
+        classifier."""
+        taps = self.backbone(x, train=train)
+        return self.pretrain_classifier(jnp.mean(nn.relu(taps[self.pretrain_tap]), axis=(1, 2)))
 
     def embed(self, x: jax.Array, train: bool) -> jax.Array:
         """Images (N, H, W, 3) -> sigmoid embeddings (N, h, w, D)."""
@@ -107,30 +120,42 @@ class CiplNet(nn.Module):
         return {"distances": distances, "min_distances": min_distances, "logits": logits}
 
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        if self.pretrain_head and self.is_initializing():
+            self.pretrain_logits(x, train)
         z = self.embed(x, train)
         return {"embeddings": z, **self.classify(z)}
 
 
-def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int) -> CiplNet:
-    """CiplNet from ``config.model`` (backbone name, prototypes per class, proto dim, BN mode)."""
+def build_model(
+    model_cfg: ml_collections.ConfigDict, num_classes: int, pretrain_head: bool = False
+) -> CiplNet:
+    """CiplNet from ``config.model`` (backbone name, prototypes per class, proto dim, BN mode);
+    ``pretrain_head`` adds the GAP linear head of the in-domain pretraining phase."""
     from jaxproto.backbones import backbone_channels, build_backbone
 
     if model_cfg.prototypes_per_class < 1:
         raise ValueError(
             f"model.prototypes_per_class must be >= 1, got {model_cfg.prototypes_per_class}"
         )
+    from jaxproto.backbones.registry import get_spec
+
+    tap = model_cfg.get("tap", "") or BACKBONE_TAP
+    last = get_spec(model_cfg.backbone).default_taps[-1]
     backbone = build_backbone(
         model_cfg.backbone,
-        taps=(BACKBONE_TAP,),
+        taps=tuple(dict.fromkeys((tap, last) if pretrain_head else (tap,))),
         with_head=False,
         bn_running_var=model_cfg.get("bn_running_var", "unbiased"),
     )
     scale = float(model_cfg.get("similarity_scale", 0.0)) or float(model_cfg.proto_dim)
     return CiplNet(
         backbone=backbone,
-        backbone_channels=backbone_channels(model_cfg.backbone, BACKBONE_TAP),
+        backbone_channels=backbone_channels(model_cfg.backbone, tap),
         num_classes=num_classes,
         prototypes_per_class=int(model_cfg.prototypes_per_class),
         proto_dim=int(model_cfg.proto_dim),
         similarity_scale=scale,
+        tap=tap,
+        pretrain_head=pretrain_head,
+        pretrain_tap=last,
     )

@@ -151,11 +151,11 @@ def write_atlas(
             image = cv2.resize(load_image(rec.path), (size, size), interpolation=cv2.INTER_LINEAR)
             overlays.save_png(
                 os.path.join(out_dir, entry["image"]),
-                overlays.heatmap_overlay(image, act, alpha=0.3),
+                overlays.heatmap_overlay(image, act, alpha=0.3, grid=method.grid),
             )
             overlays.save_png(
                 os.path.join(out_dir, entry["contour_image"]),
-                overlays.draw_contour(image, act, level=0.65),
+                overlays.draw_contour(image, act, level=0.65, grid=method.grid),
             )
         entries.append(entry)
     if is_main:
