@@ -54,7 +54,6 @@ def _brute_force(method, state, records):
     return out
 
 
-@pytest.mark.slow
 def test_push_matches_brute_force_and_writes_atlas(setup, tmp_path):
     method, state, mesh = setup
     records = method.index.split("train")

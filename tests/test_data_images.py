@@ -137,7 +137,6 @@ def _txv_data(name):
     return path
 
 
-@pytest.mark.slow
 def test_real_nih_metadata_counts():
     from jaxproto.data import chestxray14 as C
 
