@@ -6,6 +6,8 @@ it, and the distance kernel's GFLOP/s against the explicit-difference reference.
 
     python benchmarks/cipl.py                                   # DenseNet-121 at 512 px
     python benchmarks/cipl.py --backbone densenet_tiny --image-size 64 --batch 2   # CPU smoke
+    python benchmarks/cipl.py --backbone resnet_tiny --tap layer3 --image-size 128 --batch 16 \
+        --num-classes 8 --prototypes-per-class 5 --proto-dim 64          # the synthetic demo
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def _method(args) -> CiplMethod:
     )
     cfg = cipl_config(arg, "", ml_collections.ConfigDict({"seed": 0}))
     cfg.model.proto_dim = args.proto_dim
+    cfg.model.tap = args.tap
     names = [f"class{k}" for k in range(args.num_classes)]
     index = DatasetIndex("bench", names, {}, background_class=args.num_classes - 1)
     return CiplMethod(cfg, index)
@@ -141,7 +144,10 @@ def bench_steps(method: CiplMethod, args, rng: np.random.Generator) -> None:
 
 
 def bench_kernel(args, rng: np.random.Generator) -> None:
-    grid = max(1, args.image_size // 32)
+    from jaxproto.backbones import backbone_stride
+    from jaxproto.methods.cipl.model import BACKBONE_TAP
+
+    grid = max(1, args.image_size // backbone_stride(args.backbone, args.tap or BACKBONE_TAP))
     n, d, p = args.batch, args.proto_dim, args.num_classes * args.prototypes_per_class
     z = jnp.asarray(rng.random((n, grid, grid, d), np.float32))
     protos = jnp.asarray(rng.random((p, d), np.float32))
@@ -165,6 +171,7 @@ def bench_kernel(args, rng: np.random.Generator) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="densenet121")
+    parser.add_argument("--tap", default="", help='backbone map ("" = DenseNet pre-norm5)')
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4, help="images (warm-up) or pairs (main)")
     parser.add_argument("--num-classes", type=int, default=15)
