@@ -21,9 +21,9 @@ from jaxproto.backbones import (
     convert_state_dict,
     load_pretrained,
     merge_pretrained,
+    tap_centre,
 )
 from jaxproto.backbones.layers import BatchNorm, DropPath, adaptive_avg_pool
-from jaxproto.backbones.registry import tap_centre
 
 # ----------------------------------------------------------------------------- registry / taps
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
-import pathlib
 
 import flax
 import jax
@@ -27,11 +25,7 @@ from jaxproto.backbones import build_backbone, convert_state_dict, load_pretrain
 
 pytestmark = pytest.mark.torch
 
-_spec = importlib.util.spec_from_file_location(
-    "torch_reference_models", pathlib.Path(__file__).with_name("torch_reference_models.py")
-)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+from tests import torch_reference_models as ref  # noqa: E402
 
 RTOL = 1e-4
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

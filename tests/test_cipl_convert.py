@@ -1,9 +1,7 @@
 """Official CIPL checkpoint import: a PyTorch CIPL built here (cipl.md §1 module and key layout,
 small DenseNet with torchvision names, random weights) vs the converted jaxproto model."""
 
-import importlib.util
 import os
-import pathlib
 
 import jax
 import numpy as np
@@ -18,11 +16,8 @@ from jaxproto.methods.cipl.method import CiplMethod  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-_spec = importlib.util.spec_from_file_location(
-    "torch_reference_models", pathlib.Path(__file__).with_name("torch_reference_models.py")
-)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+from tests import torch_reference_models as ref  # noqa: E402
+
 F, tnn = torch.nn.functional, torch.nn
 
 C, PPC, D, SIZE = 4, 2, 16, 64

@@ -20,6 +20,7 @@ from jaxproto.backbones.registry import (
     backbone_stride,
     build_backbone,
     get_spec,
+    tap_centre,
 )
 from jaxproto.backbones.torch_import import (
     CheckpointMismatchError,
@@ -41,4 +42,5 @@ __all__ = [
     "load_pretrained",
     "merge_pretrained",
     "read_state_dict",
+    "tap_centre",
 ]

@@ -66,13 +66,21 @@ def localization_metrics(
     wanted = {int(k) for k in class_ids}
     for i, r in enumerate(records):
         for k in sorted({b.label for b in r.boxes if not b.is_concept} & wanted):
-            keep = [j for j, b in enumerate(scaled_boxes(r, k, image_size)) if b[2] > 0 < b[3]]
-            if not keep:
+            pairs = [
+                (b, g)
+                for b, g in zip(
+                    scaled_boxes(r, k, image_size),
+                    scaled_boxes(r, k, image_size, pointing_tolerance),
+                    strict=True,
+                )
+                if b[2] > 0 and b[3] > 0
+            ]
+            if not pairs:
                 continue
             m = np.asarray(class_maps[i, :, :, k], np.float32)
             maps.append(upsample_map(m, (image_size, image_size), grid=grid))
-            boxes.append([scaled_boxes(r, k, image_size)[j] for j in keep])
-            grown.append([scaled_boxes(r, k, image_size, pointing_tolerance)[j] for j in keep])
+            boxes.append([b for b, _ in pairs])
+            grown.append([g for _, g in pairs])
     if not maps:
         return {}
     stacked = np.stack(maps)

@@ -106,8 +106,7 @@ class PairExample:
 def feature_grid(config: ml_collections.ConfigDict) -> tuple[float, float] | None:
     """(cell, centre) in input pixels placing similarity maps on the image, or None to stretch
     them (``cv2.resize``, as the official visualisations) — ``config.localization.grid``."""
-    from jaxproto.backbones import backbone_stride
-    from jaxproto.backbones.registry import tap_centre
+    from jaxproto.backbones import backbone_stride, tap_centre
     from jaxproto.methods.cipl.model import BACKBONE_TAP
 
     mode = config.get("localization", {}).get("grid", "stretch")

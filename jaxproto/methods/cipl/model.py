@@ -131,14 +131,12 @@ def build_model(
 ) -> CiplNet:
     """CiplNet from ``config.model`` (backbone name, prototypes per class, proto dim, BN mode);
     ``pretrain_head`` adds the GAP linear head of the in-domain pretraining phase."""
-    from jaxproto.backbones import backbone_channels, build_backbone
+    from jaxproto.backbones import backbone_channels, build_backbone, get_spec
 
     if model_cfg.prototypes_per_class < 1:
         raise ValueError(
             f"model.prototypes_per_class must be >= 1, got {model_cfg.prototypes_per_class}"
         )
-    from jaxproto.backbones.registry import get_spec
-
     tap = model_cfg.get("tap", "") or BACKBONE_TAP
     last = get_spec(model_cfg.backbone).default_taps[-1]
     backbone = build_backbone(
