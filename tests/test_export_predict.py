@@ -70,6 +70,17 @@ def test_export_then_predict_matches_workdir_evaluation(trained):
     np.testing.assert_allclose(preds["probs"], ref["probs"], atol=1e-5)
 
 
+def test_relative_workdir_and_export_paths_load(trained, monkeypatch):
+    """README's commands pass relative paths (runs/demo); orbax itself needs absolute ones."""
+    _, _, absolute = restore.load_for_inference(str(trained["workdir"]))
+    monkeypatch.chdir(trained["workdir"].parent)
+    _, _, relative = restore.load_for_inference(trained["workdir"].name)
+    for a, b in zip(jax.tree.leaves(absolute), jax.tree.leaves(relative), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    monkeypatch.chdir(trained["export"].parent)
+    restore.load_for_inference(export=trained["export"].name)
+
+
 def test_export_has_no_optimizer_state_and_records_preprocessing(trained):
     manifest = json.loads((trained["export"] / "manifest.json").read_text())
     assert manifest["format_version"] == export_lib.FORMAT_VERSION

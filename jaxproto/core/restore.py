@@ -24,9 +24,10 @@ class IncompleteWorkdir(FileNotFoundError):
 
 def _restore_checkpoint(workdir: str, which: str) -> tuple[dict, int]:
     sub = {"best": "best", "latest": "ckpt"}[which]
-    path = os.path.join(workdir, sub)
+    root = os.path.abspath(workdir)  # orbax only opens absolute paths
+    path = os.path.join(root, sub)
     if which == "best" and not _has_steps(path):
-        path = os.path.join(workdir, "ckpt")
+        path = os.path.join(root, "ckpt")
     if not _has_steps(path):
         raise IncompleteWorkdir(
             f"{workdir}: no finished checkpoint under ckpt/ or best/ (did training save one?)"
