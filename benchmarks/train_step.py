@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from jaxproto import cli
+from jaxproto.common import cli
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:

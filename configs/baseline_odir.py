@@ -6,7 +6,7 @@ Variants: ``synthetic`` (procedural fundus images, tiny ResNet, CPU minutes),
 
 import ml_collections
 
-from configs import common
+from jaxproto.common import config as common
 
 
 def get_config(arg=None):

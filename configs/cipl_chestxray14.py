@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxproto.common import config as common
 from jaxproto.methods.cipl.defaults import cipl_config
 
 # cipl.md §3.3: hard-coded sampler weights (Pneumonia 100, Hernia 150; No Finding base weight,

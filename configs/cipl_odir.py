@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxproto.common import config as common
 from jaxproto.methods.cipl.defaults import cipl_config
 
 # cipl.md §5: sampler weights (Normal base weight, multiplied by the background factors).

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxproto.common import config as common
 
 
 def _stage(lr, end_lr, wd, epochs, schedule, **extra) -> ml_collections.ConfigDict:

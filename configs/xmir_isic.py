@@ -15,7 +15,7 @@ features), ``backbone=NAME``, ``image_size=N``, ``epochs=E``, ``runlocal`` (a fe
 
 import ml_collections
 
-from configs import common
+from jaxproto.common import config as common
 
 
 def build(

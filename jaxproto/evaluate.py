@@ -16,7 +16,7 @@ import sys
 
 from absl import flags
 
-from jaxproto import cli
+from jaxproto.common import cli
 
 log = logging.getLogger("jaxproto.evaluate")
 
@@ -39,7 +39,7 @@ def evaluate(config, method, state, split: str) -> dict:
 
 def main(argv):
     del argv
-    from jaxproto.core import config as config_lib
+    from jaxproto.common import config as config_lib
     from jaxproto.core import logging as log_lib
     from jaxproto.core import metrics as metrics_lib
     from jaxproto.core import restore
@@ -48,7 +48,7 @@ def main(argv):
     config, method, state = restore.load_for_inference(
         flags.FLAGS.workdir, flags.FLAGS.export, flags.FLAGS.checkpoint
     )
-    from jaxproto.cli import _State
+    from jaxproto.common.cli import _State
 
     for key, value in _State.overrides:
         config_lib.apply_override(config, key, value)

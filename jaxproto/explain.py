@@ -18,7 +18,8 @@ import os
 
 from absl import flags
 
-from jaxproto import cli
+from jaxproto.common import cli
+from jaxproto.common.errors import UserError
 
 log = logging.getLogger("jaxproto.explain")
 
@@ -29,9 +30,9 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     try:
         x, y, w, h = (float(p) for p in parts)
     except ValueError:
-        raise cli.UserFacingError(f"box {text!r}: expected x,y,w,h (four numbers)") from None
+        raise UserError(f"box {text!r}: expected x,y,w,h (four numbers)") from None
     if w <= 0 or h <= 0:
-        raise cli.UserFacingError(f"box {text!r}: width and height must be positive")
+        raise UserError(f"box {text!r}: width and height must be positive")
     return x, y, w, h
 
 
@@ -42,9 +43,9 @@ def main(argv):
 
     log_lib.setup_logging()
     if not flags.FLAGS.image:
-        raise cli.UserFacingError("--image is required")
+        raise UserError("--image is required")
     if not os.path.isfile(flags.FLAGS.image):
-        raise cli.UserFacingError(f"image not found: {flags.FLAGS.image}")
+        raise UserError(f"image not found: {flags.FLAGS.image}")
     config, method, state = restore.load_for_inference(flags.FLAGS.workdir, flags.FLAGS.export)
     stem = os.path.splitext(os.path.basename(flags.FLAGS.image))[0]
     out = flags.FLAGS.out or os.path.join(
@@ -72,7 +73,7 @@ def main(argv):
             list(flags.FLAGS.reject_concept),
         )
     else:
-        raise cli.UserFacingError(
+        raise UserError(
             f"explain supports cipl and csr models; this one is {config.method!r} "
             "(for X-MIR use python -m jaxproto.retrieve query, which writes saliency maps)"
         )

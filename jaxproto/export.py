@@ -20,13 +20,13 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from jaxproto.cli import UserFacingError
+from jaxproto.common.errors import UserError
 
 FORMAT_VERSION = 1
 FILES = ("variables.msgpack", "config.json", "dataset.json")
 
 
-class ExportError(UserFacingError, ValueError):
+class ExportError(UserError, ValueError):
     """An export folder that cannot be used as it is."""
 
 
@@ -42,7 +42,7 @@ def _sha256(folder: str) -> str:
 def write_export(out: str, config: ml_collections.ConfigDict, dataset_meta: dict, state) -> str:
     """Writes the export folder; returns the manifest path."""
     from jaxproto import __version__
-    from jaxproto.core import config as config_lib
+    from jaxproto.common import config as config_lib
 
     os.makedirs(out, exist_ok=True)
     host = jax.tree.map(np.asarray, {k: state[k] for k in ("params", "batch_stats", "extra")})
@@ -106,13 +106,12 @@ def read_export(folder: str):
 
 def main(argv):
     del argv
-    from jaxproto import cli
     from jaxproto.core import logging as log_lib
     from jaxproto.core import restore, workdir
 
     log_lib.setup_logging()
     if not flags.FLAGS.workdir or not flags.FLAGS.out:
-        raise cli.UserFacingError("--workdir and --out are required")
+        raise UserError("--workdir and --out are required")
     config, _, state = restore.load_for_inference(
         workdir=flags.FLAGS.workdir, which=flags.FLAGS.checkpoint
     )
@@ -137,6 +136,6 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    from jaxproto import cli
+    from jaxproto.common import cli
 
     cli.run(main)

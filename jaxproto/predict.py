@@ -19,7 +19,8 @@ import os
 import numpy as np
 from absl import flags
 
-from jaxproto import cli
+from jaxproto.common import cli
+from jaxproto.common.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
 
@@ -40,7 +41,7 @@ def expand_images(items: list[str]) -> list[str]:
         else:
             out.append(item)
     if not out:
-        raise cli.UserFacingError("no images given (--images FILE_OR_DIR ...)")
+        raise UserError("no images given (--images FILE_OR_DIR ...)")
     return out
 
 
@@ -48,8 +49,9 @@ def predict_files(method, state, paths: list[str], batch_size: int, skip_bad: bo
     """(kept paths, stacked predictions, skipped [(path, reason)]) for ``paths``."""
     import jax
 
+    from jaxproto.common.errors import DataError
     from jaxproto.core.logging import Progress
-    from jaxproto.data.records import DataError, Record
+    from jaxproto.data.records import Record
 
     predict = jax.jit(method.predict)
     n_classes = len(method.class_names())
@@ -63,7 +65,7 @@ def predict_files(method, state, paths: list[str], batch_size: int, skip_bad: bo
                 examples.append(method.eval_example(record))
             except (DataError, OSError) as e:
                 if not skip_bad:
-                    raise cli.UserFacingError(f"{path}: {e} (use --skip_bad to skip it)") from None
+                    raise UserError(f"{path}: {e} (use --skip_bad to skip it)") from None
                 log.warning("skipping %s: %s", path, e)
                 skipped.append((path, str(e)))
                 continue
@@ -121,7 +123,7 @@ def main(argv):
         method, state, paths, flags.FLAGS.batch_size, flags.FLAGS.skip_bad
     )
     if not kept:
-        raise cli.UserFacingError("no image could be read")
+        raise UserError("no image could be read")
     for path in write_outputs(flags.FLAGS.out, method, kept, preds, skipped):
         log.info("wrote %s", path)
     if skipped:

@@ -17,7 +17,8 @@ import logging
 
 from absl import flags
 
-from jaxproto import cli
+from jaxproto.common import cli
+from jaxproto.common.errors import UserError
 
 log = logging.getLogger("jaxproto.train")
 
@@ -26,7 +27,7 @@ def main(argv):
     del argv
     config = cli.config_from_flags()
     if not flags.FLAGS.workdir:
-        raise cli.UserFacingError("--workdir is required")
+        raise UserError("--workdir is required")
     from jaxproto.core import logging as log_lib
     from jaxproto.core import parallel
 
@@ -38,7 +39,7 @@ def main(argv):
     try:
         trainer.train()
     except TrainingDiverged as e:
-        raise cli.UserFacingError(str(e)) from None
+        raise UserError(str(e)) from None
     log.info("done: %s", trainer.workdir)
 
 

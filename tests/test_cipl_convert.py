@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from jaxproto.core.config import load_config_file  # noqa: E402
+from jaxproto.common.config import load_config_file  # noqa: E402
 from jaxproto.data.records import DatasetIndex  # noqa: E402
 from jaxproto.methods.cipl.convert import convert_official  # noqa: E402
 from jaxproto.methods.cipl.method import CiplMethod  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxproto.core.config import load_config_file
+from jaxproto.common.config import load_config_file
 from jaxproto.data.records import Box, DatasetIndex, Record
 from jaxproto.methods.cipl import method as cm
 from jaxproto.methods.cipl.model import prototype_class_identity

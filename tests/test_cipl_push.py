@@ -8,8 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxproto.common.config import load_config_file
 from jaxproto.core import parallel
-from jaxproto.core.config import load_config_file
 from jaxproto.data.synthetic import synthetic_index
 from jaxproto.methods.cipl import push as cpush
 from jaxproto.methods.cipl.explain import explain

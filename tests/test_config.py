@@ -8,8 +8,8 @@ import sys
 import ml_collections
 import pytest
 
-from configs import common
-from jaxproto.core import config as config_lib
+from jaxproto.common import config as common
+from jaxproto.common import config as config_lib
 
 
 def test_parse_arg_types_and_flags():

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxproto.common.errors import DataError
 from jaxproto.data.images import image_size, load_image
-from jaxproto.data.records import BadSampleReport, DataError
+from jaxproto.data.records import BadSampleReport
 from jaxproto.data.write_real_format import write_dicom
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import write_real_format
 from jaxproto.data.images import load_image
-from jaxproto.data.records import BadSampleReport, Box, DataError, DatasetIndex, Record, multi_hot
+from jaxproto.data.records import BadSampleReport, Box, DatasetIndex, Record, multi_hot
 from jaxproto.data.registry import default_data_config, load_index
 
 SIZE = 24

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import chestxray14, covidx, odir
-from jaxproto.data.records import BadSampleReport, DataError
+from jaxproto.data.records import BadSampleReport
 from jaxproto.data.registry import default_data_config, load_index
 
 

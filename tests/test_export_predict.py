@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxproto import export as export_lib
-from jaxproto.core import config as config_lib
+from jaxproto.common import config as config_lib
 from jaxproto.core import restore, workdir
 from jaxproto.core.trainer import Trainer, collect_predictions, stream_predictions
 from jaxproto.data.images import load_image

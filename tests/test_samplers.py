@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxproto.data.records import DataError
+from jaxproto.common.errors import DataError
 from jaxproto.data.samplers import (
     PairSampler,
     PKSampler,

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import synthetic as S
-from jaxproto.data.records import DataError
 
 
 @pytest.mark.parametrize("like", sorted(S.LIKES))

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxproto.core import config as config_lib
+from jaxproto.common import config as config_lib
+from jaxproto.common import trees
 from jaxproto.core import parallel, restore
 from jaxproto.core.trainer import Trainer, TrainingDiverged
 
@@ -75,7 +76,7 @@ def test_fsdp_rule_shards_params(repo_root, tmp_path):
     )
     trainer = Trainer(config, str(tmp_path), devices=jax.devices())
     specs = {
-        parallel.path_str(p): s.spec
+        trees.path_str(p): s.spec
         for p, s in jax.tree_util.tree_flatten_with_path(trainer.state_shardings)[0]
     }
     kernels = [k for k in specs if k.startswith("params/") and k.endswith("kernel")]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxproto.data.records import DataError
+from jaxproto.common.errors import DataError
 from jaxproto.methods.xmir import search
 
 

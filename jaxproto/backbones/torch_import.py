@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxproto.backbones.registry import build_backbone, get_spec
-from jaxproto.data.records import DataError
+from jaxproto.common.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -99,7 +99,7 @@ def write_initial_checkpoint(workdir: str, config, state, dataset_meta: dict) ->
     """Makes ``workdir`` a complete, evaluable jaxproto workdir from a converted state
     (e.g. an imported official checkpoint): config.json, dataset.json and a checkpoint
     marked as finished training."""
-    from jaxproto.core import config as config_lib
+    from jaxproto.common import config as config_lib
     from jaxproto.core import workdir as workdir_lib
 
     os.makedirs(workdir, exist_ok=True)

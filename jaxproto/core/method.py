@@ -12,6 +12,7 @@ so sharding rules, checkpoints, EMA and weight import are pytree operations.
 from __future__ import annotations
 
 import abc
+import argparse
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -21,6 +22,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxproto.common.errors import UserError
+from jaxproto.core import metrics as metrics_lib
+from jaxproto.core import outputs
+from jaxproto.data.pipeline import ExampleFn, Sampler
 from jaxproto.data.records import DatasetIndex, Record
 
 PyTree = Any
@@ -49,13 +54,41 @@ class HookContext(Protocol):
 
 Hook = Callable[[HookContext, State], State]
 
+BoxXYWH = tuple[float, float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainRequest:
+    """What ``python -m jaxproto.explain`` asks a method to explain (boxes are x, y, w, h in
+    the original image's pixels; concepts are given by index or name)."""
+
+    image: str
+    out_dir: str
+    source: str  # the workdir or export the model was loaded from (atlas, thresholds)
+    boxes: tuple[BoxXYWH, ...] = ()  # reference boxes to draw (e.g. BBox_List_2017)
+    positive_boxes: tuple[BoxXYWH, ...] = ()  # doctor-in-the-loop: "look here"
+    negative_boxes: tuple[BoxXYWH, ...] = ()  # "not there"
+    reject_concepts: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Converter:
+    """One ``python -m jaxproto.convert <name>`` subcommand a method contributes."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """One stage of training.
 
     ``optimizer`` names an entry of ``Method.optimizers``; parameters that optimizer freezes
-    are not updated. ``loss`` and ``data`` are method-defined variant names passed back to
+    are not updated. ``trainable`` is the regex (``common.trees``) over parameter paths that
+    the phase trains; the method builds the named optimizer to freeze every other parameter
+    (``common.trees.label_tree(..., trainable=phase.trainable)``). ``loss`` and ``data`` are
+    method-defined variant names passed back to
     ``Method.loss`` and ``Method.train_data``. Length is ``epochs`` (over the training split)
     or ``steps``. ``before`` hooks run when the phase starts (not on resume inside it), ``after``
     hooks when it ends. ``post_update`` is traced into the jitted step after the optimizer
@@ -64,6 +97,7 @@ class Phase:
 
     name: str
     optimizer: str
+    trainable: str = ".*"
     loss: str = "default"
     data: str = "default"
     epochs: float = 0.0
@@ -71,23 +105,6 @@ class Phase:
     before: tuple[Hook, ...] = ()
     after: tuple[Hook, ...] = ()
     post_update: Callable[[State], State] | None = None
-
-
-class Sampler(Protocol):
-    """Decides which records (or tuples of records) an epoch visits, deterministically."""
-
-    def __len__(self) -> int:
-        """Examples per epoch."""
-        ...
-
-    def epoch(self, epoch: int) -> np.ndarray:
-        """Record indices for ``epoch``: shape (len,) or (len, k) for k-tuples (pairs)."""
-        ...
-
-
-ExampleFn = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
-"""Turns one sampler entry (a record index, or a row of indices) into one example dict of
-numpy arrays with fixed shapes (decode + augment); must be picklable for worker processes."""
 
 
 class Method(abc.ABC):
@@ -133,3 +150,36 @@ class Method(abc.ABC):
 
     def class_names(self) -> list[str]:
         return list(self.index.class_names)
+
+    # ---------------------------------------------------------------- what the CLIs need
+
+    def explain(self, state: State, request: ExplainRequest) -> dict[str, str]:
+        """Writes the evidence for one image into ``request.out_dir`` (PNG + JSON + HTML);
+        returns the written files by role (``{"html": ..., "json": ...}``)."""
+        raise UserError(f"{self.config.method} models have no explain report")
+
+    def prediction_columns(self, predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """CSV columns ``predict`` writes per image (name -> (N,) values), in order.
+
+        Default: one probability column per class; the background class is left out when the
+        model predicts it implicitly (CIPL's No-Finding logit)."""
+        probs = predictions.get(outputs.PROBS)
+        if probs is None:
+            return {}
+        names = self.class_names()
+        if probs.shape[1] != len(names):
+            names = [n for i, n in enumerate(names) if i != self.index.background_class]
+        return {name: probs[:, i] for i, name in enumerate(names)}
+
+    def prediction_arrays(self, predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-image arrays ``predict`` saves beside the CSV as ``<stem>_<name>.npy``."""
+        return {}
+
+    def summarize(self, result: dict) -> str:
+        """The text ``evaluate`` prints for ``evaluate``'s result."""
+        return metrics_lib.format_summary(result)
+
+    @classmethod
+    def converters(cls) -> dict[str, Converter]:
+        """``python -m jaxproto.convert`` subcommands for this method's original checkpoints."""
+        return {}

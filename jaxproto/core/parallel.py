@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 
 import jax
@@ -17,6 +16,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from jaxproto.common import trees
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +80,6 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | No
     return jax.sharding.Mesh(grid, BATCH_AXES, axis_types=(AxisType.Auto,) * 2)
 
 
-def path_str(path) -> str:
-    """ "params/features/conv0/kernel"-style name of a pytree key path."""
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def _fsdp_spec(shape: tuple[int, ...], size: int) -> P:
     """Shards the largest dimension divisible by the fsdp axis size; replicates otherwise."""
     if size <= 1 or not shape:
@@ -108,23 +94,28 @@ def _fsdp_spec(shape: tuple[int, ...], size: int) -> P:
 
 
 def tree_shardings(tree, mesh, rules: Sequence[Sequence[str]]):
-    """NamedSharding per leaf: the first matching (regex, rule) wins; rule replicate|fsdp."""
-    compiled = [(re.compile(pattern), rule) for pattern, rule in rules]
-    for _, rule in compiled:
+    """NamedSharding per leaf: the first matching (regex, rule) wins; rule replicate|fsdp.
+
+    Names come from ``trees.state_leaf_names``: optimizer moments are matched under the name
+    of the parameter they mirror, so one rule places a parameter and its optimizer state."""
+    for _, rule in rules:
         if rule not in ("replicate", "fsdp"):
             raise ValueError(f"mesh.rules: unknown rule {rule!r}; use 'replicate' or 'fsdp'")
     fsdp_size = mesh.shape["fsdp"]
+    rule_list = [(pattern, rule) for pattern, rule in rules]
+    names = (
+        trees.state_leaf_names(tree)
+        if isinstance(tree, dict)
+        else trees.map_with_names(lambda name, _: name, tree)
+    )
 
-    def one(path, leaf):
-        name = path_str(path)
+    def one(name, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
-        for pattern, rule in compiled:
-            if pattern.search(name):
-                spec = _fsdp_spec(shape, fsdp_size) if rule == "fsdp" else P()
-                return NamedSharding(mesh, spec)
-        return NamedSharding(mesh, P())
+        rule = trees.first_match(name, rule_list)
+        spec = _fsdp_spec(shape, fsdp_size) if rule == "fsdp" else P()
+        return NamedSharding(mesh, spec)
 
-    return jax.tree_util.tree_map_with_path(one, tree)
+    return jax.tree.map(one, names, tree)
 
 
 def device_multiple(batch_size: int, mesh) -> int:

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jaxproto.core import config as config_lib
+from jaxproto.common import config as config_lib
 from jaxproto.core import workdir as workdir_lib
 from jaxproto.core.method import Method, State
 

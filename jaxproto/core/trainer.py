@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxproto.common import config as config_lib
 from jaxproto.core import checkpoint as ckpt_lib
-from jaxproto.core import config as config_lib
 from jaxproto.core import logging as log_lib
 from jaxproto.core import parallel
 from jaxproto.core import workdir as workdir_lib

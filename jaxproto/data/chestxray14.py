@@ -27,8 +27,9 @@ from collections.abc import Mapping
 import ml_collections
 import numpy as np
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import registry as R
-from jaxproto.data.records import BadSampleReport, Box, DataError, DatasetIndex, Record
+from jaxproto.data.records import BadSampleReport, Box, DatasetIndex, Record
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from jaxproto.data.records import DataError
+from jaxproto.common.errors import DataError
 
 DICOM_EXTS = (".dcm", ".dicom")
 ARRAYRECORD_SCHEME = "arrayrecord://"

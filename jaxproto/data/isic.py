@@ -24,8 +24,9 @@ import os
 import ml_collections
 import numpy as np
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import registry as R
-from jaxproto.data.records import BadSampleReport, DataError, DatasetIndex, Record, multi_hot
+from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 log = logging.getLogger(__name__)
 

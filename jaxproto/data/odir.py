@@ -27,8 +27,9 @@ import re
 
 import ml_collections
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import registry as R
-from jaxproto.data.records import BadSampleReport, DataError, DatasetIndex, Record, multi_hot
+from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,30 @@ import bisect
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import numpy as np
 
-from jaxproto.core.method import ExampleFn, Sampler
 from jaxproto.data.records import Record
+
+
+class Sampler(Protocol):
+    """Decides which records (or tuples of records) an epoch visits, deterministically."""
+
+    def __len__(self) -> int:
+        """Examples per epoch."""
+        ...
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """Record indices for ``epoch``: shape (len,) or (len, k) for k-tuples (pairs)."""
+        ...
+
+
+ExampleFn = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
+"""Turns one sampler entry (a record index, or a row of indices) into one example dict of
+numpy arrays with fixed shapes (decode + augment); must be picklable for worker processes."""
+
 
 # Long enough to never run out (2**61 / batch size batches); grain indexes it lazily.
 _STREAM_LENGTH = sys.maxsize // 4

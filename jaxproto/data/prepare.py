@@ -26,8 +26,9 @@ import cv2
 import ml_collections
 import numpy as np
 
+from jaxproto.common.errors import DataError
 from jaxproto.data.images import ARRAYRECORD_SCHEME, decode_bytes, load_image
-from jaxproto.data.records import BadSampleReport, Box, DataError, DatasetIndex, Record
+from jaxproto.data.records import BadSampleReport, Box, DatasetIndex, Record
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxproto.common.errors import DataError
+
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A problem with the user's data, with the file/line/field that caused it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from jaxproto.data.records import BadSampleReport, DataError, DatasetIndex, Record
+from jaxproto.common.errors import DataError
+from jaxproto.data.records import BadSampleReport, DatasetIndex, Record
 
 log = logging.getLogger(__name__)
 

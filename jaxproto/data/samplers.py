@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxproto.data.records import DataError
+from jaxproto.common.errors import DataError
 
 
 def _rng(seed: int, epoch: int, salt: int = 0) -> np.random.Generator:

@@ -31,8 +31,9 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import chestxray14, isic, odir, tbx11k, vindr
-from jaxproto.data.records import Box, DataError, DatasetIndex, Record, multi_hot
+from jaxproto.data.records import Box, DatasetIndex, Record, multi_hot
 
 log = logging.getLogger(__name__)
 

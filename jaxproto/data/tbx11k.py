@@ -24,8 +24,9 @@ import os
 import ml_collections
 import numpy as np
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import registry as R
-from jaxproto.data.records import BadSampleReport, Box, DataError, DatasetIndex, Record, multi_hot
+from jaxproto.data.records import BadSampleReport, Box, DatasetIndex, Record, multi_hot
 
 CLASS_NAMES = ["healthy", "sick_non_tb", "tb"]
 FOLDER_CLASS = {"health": 0, "sick": 1, "tb": 2}

@@ -24,8 +24,9 @@ import os
 import ml_collections
 import numpy as np
 
+from jaxproto.common.errors import DataError
 from jaxproto.data import registry as R
-from jaxproto.data.records import BadSampleReport, Box, DataError, DatasetIndex, Record
+from jaxproto.data.records import BadSampleReport, Box, DatasetIndex, Record
 
 KAGGLE_CLASSES = [
     "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",

@@ -156,8 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jaxproto.backbones import read_state_dict
+    from jaxproto.common.config import load_config_file
     from jaxproto.core import checkpoint, trainer, workdir
-    from jaxproto.core.config import load_config_file
     from jaxproto.methods.cipl.method import CiplMethod
 
     config = load_config_file(args.config)

@@ -20,8 +20,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxproto.common.errors import DataError
 from jaxproto.core.method import Batch, Method, Metrics, Phase, PyTree, Sampler, State
-from jaxproto.data.records import DataError, DatasetIndex, Record
+from jaxproto.data.records import DatasetIndex, Record
 from jaxproto.kernels.prototypes import exp_similarity
 from jaxproto.methods.cipl import losses
 from jaxproto.methods.cipl.model import CiplNet, build_model, prototype_class_identity

@@ -23,8 +23,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxproto.common.errors import DataError
 from jaxproto.core.method import Method, Phase
-from jaxproto.data.records import DataError, DatasetIndex, Record
+from jaxproto.data.records import DatasetIndex, Record
 from jaxproto.methods.csr import atlas as atlas_lib
 from jaxproto.methods.csr import evaluate as evaluate_lib
 from jaxproto.methods.csr import losses

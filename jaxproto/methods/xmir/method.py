@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxproto.common.errors import DataError
 from jaxproto.core.method import Method, Phase
 from jaxproto.data import samplers, transforms
 from jaxproto.data.images import load_image
-from jaxproto.data.records import DataError, Record
+from jaxproto.data.records import Record
 from jaxproto.kernels import saliency
 from jaxproto.methods.xmir.losses import batch_all_triplet_loss, l2_normalize
 from jaxproto.methods.xmir.metrics import anomaly_measures, anomaly_scores, retrieval_metrics

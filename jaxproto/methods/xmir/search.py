@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxproto.data.records import DataError
+from jaxproto.common.errors import DataError
 
 log = logging.getLogger(__name__)
 

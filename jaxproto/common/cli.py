@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from absl import app, flags
 
-from jaxproto.core import config as config_lib
+from jaxproto.common import config as config_lib
+from jaxproto.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +62,12 @@ def run(main: Callable) -> None:
 
 
 def _wrap(main):
-    from jaxproto.data.records import DataError
+    from jaxproto.common.errors import DataError
 
     def wrapped(argv):
         try:
             return main(argv)
-        except (DataError, config_lib.ConfigError, FileNotFoundError, UserFacingError) as e:
+        except (DataError, config_lib.ConfigError, FileNotFoundError, UserError) as e:
             _fail(str(e))
 
     return wrapped
-
-
-class UserFacingError(RuntimeError):
-    """An error whose message is the whole story (no traceback needed)."""
