@@ -483,3 +483,21 @@ def save_msgpack(variables: Mapping[str, Any], path: str) -> None:
     os.makedirs(directory, exist_ok=True)
     with open(path, "wb") as f:
         f.write(flax.serialization.msgpack_serialize(tree))
+
+
+def init_with_pretrained(
+    variables: Mapping[str, Any],
+    init_from: str,
+    arch: str,
+    prefix: str = "backbone",
+    **load_kwargs: Any,
+) -> dict[str, Any]:
+    """``variables`` with the backbone under ``prefix`` replaced by the weights in ``init_from``
+    (a torchvision/timm/CheXNet file or a converted .msgpack; the classifier head dropped
+    unless ``load_kwargs`` say otherwise). Empty ``init_from`` returns ``variables`` as is.
+    The one "start from pretrained weights" step every method's ``init`` uses."""
+    if not init_from:
+        return dict(variables)
+    load_kwargs.setdefault("drop_head", "with_head" not in load_kwargs)
+    pretrained = load_pretrained(init_from, arch, **load_kwargs)
+    return {**variables, **merge_pretrained(variables, pretrained, prefix=prefix)}

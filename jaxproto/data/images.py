@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -173,3 +174,53 @@ def image_size(path: str) -> tuple[int, int]:
             return im.size
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+LIST_FILE_EXTENSIONS = (".txt", ".lst", ".list")
+
+
+def expand_image_paths(items: Sequence[str], skip_suffixes: Sequence[str] = ()) -> list[str]:
+    """Every image named by ``items``, in order: image files as given, folders expanded
+    (recursively, sorted), and list files (``.txt``: one path per line, relative to the list's
+    folder). Image stems ending in ``skip_suffixes`` (e.g. ISIC's ``_superpixels``) are left
+    out of folders. The one image lister of the project (predict, retrieve index, studio)."""
+    out: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(item)
+                for name in names
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+                and not any(os.path.splitext(name)[0].endswith(x) for x in skip_suffixes)
+            )
+            if not found:
+                raise DataError(f"{item}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+            out.extend(found)
+        elif item.lower().endswith(LIST_FILE_EXTENSIONS) and os.path.isfile(item):
+            out.extend(_read_list_file(item))
+        elif os.path.isfile(item):
+            out.append(item)
+        else:
+            raise DataError(f"{item}: no such image file, folder or list file")
+    if not out:
+        raise DataError("no images given")
+    return out
+
+
+def _read_list_file(path: str) -> list[str]:
+    base = os.path.dirname(os.path.abspath(path))
+    paths = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            full = line if os.path.isabs(line) else os.path.join(base, line)
+            if not os.path.isfile(full):
+                raise DataError(f"{path}:{line_no}: image file {full!r} does not exist")
+            paths.append(full)
+    if not paths:
+        raise DataError(f"{path}: the list file names no images")
+    return paths

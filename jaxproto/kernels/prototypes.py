@@ -67,3 +67,11 @@ def cosine_similarity_maps(
     fn = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), epsilon)
     pn = prototypes / jnp.maximum(jnp.linalg.norm(prototypes, axis=-1, keepdims=True), epsilon)
     return jnp.einsum("nhwd,pd->nhwp", fn, pn, precision=HIGHEST)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """x / max(||x||, eps), as ``torch.nn.functional.normalize``, with a NaN-free gradient at 0.
+
+    The one L2 normalisation of the project (X-MIR embeddings, CSR concept vectors)."""
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
