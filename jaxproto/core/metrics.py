@@ -226,60 +226,6 @@ def format_summary(result: dict[str, object]) -> str:
     return "\n\n".join(parts)
 
 
-def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Fraction of equal entries (class indices, or 0/1 labels element-wise)."""
-    t, p = np.asarray(y_true), np.asarray(y_pred)
-    if t.shape != p.shape or t.size == 0:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must be equal and non-empty")
-    return float(np.mean(t == p))
-
-
-def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """F1 = 2TP / (2TP + FP + FN), 0 where the denominator is 0 (sklearn ``zero_division=0``)."""
-    denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).astype(np.float64)
-
-
-def macro_f1(
-    y_true_int: np.ndarray, y_pred_int: np.ndarray, num_classes: int, labels: str = "present"
-) -> float:
-    """Macro-F1 of single-label predictions (CSR spec §8: arg-max, no thresholding).
-
-    ``labels="present"`` averages over classes occurring in ``y_true`` or ``y_pred`` (sklearn's
-    default, the CSR protocol); ``"all"`` averages over all ``num_classes`` (absent ones score 0).
-    """
-    t = np.asarray(y_true_int).ravel()
-    p = np.asarray(y_pred_int).ravel()
-    if t.shape != p.shape or t.size == 0:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must be equal and non-empty")
-    for name, a in (("y_true", t), ("y_pred", p)):
-        if not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() >= num_classes:
-            raise ValueError(f"{name} must hold integer class ids in [0, {num_classes})")
-    if labels not in ("present", "all"):
-        raise ValueError(f"labels must be 'present' or 'all', got {labels!r}")
-    classes = np.arange(num_classes)
-    tp = np.array([np.sum((t == c) & (p == c)) for c in classes])
-    fp = np.array([np.sum((t != c) & (p == c)) for c in classes])
-    fn = np.array([np.sum((t == c) & (p != c)) for c in classes])
-    f1 = _f1_from_counts(tp, fp, fn)
-    if labels == "present":
-        f1 = f1[np.isin(classes, np.union1d(t, p))]
-    return float(f1.mean())
-
-
-def multilabel_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, object]:
-    """Per-class F1 of 0/1 multi-label predictions and their unweighted (macro) mean."""
-    t = _check_binary("y_true", _as_2d("y_true", y_true))
-    p = _check_binary("y_pred", _as_2d("y_pred", y_pred))
-    if t.shape != p.shape:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must have the same shape")
-    tp = np.sum(t * p, axis=0)
-    fp = np.sum((1 - t) * p, axis=0)
-    fn = np.sum(t * (1 - p), axis=0)
-    per_class = _f1_from_counts(tp, fp, fn)
-    return {"per_class": per_class.tolist(), "macro": float(per_class.mean())}
-
-
 def _boxes_of(item: object, index: int) -> np.ndarray:
     """One image's boxes as float [K, 4]; accepts one (x, y, w, h) or a sequence of them."""
     b = np.asarray(item, np.float64)
@@ -358,25 +304,6 @@ def box_to_grid(
     return c0, c1, r0, r1
 
 
-def pointing_game_grid(
-    maps: np.ndarray, boxes: Sequence[object], image_size: tuple[int, int]
-) -> float:
-    """Grid pointing game: arg-max on the raw map grid, boxes (image pixels) scaled to the grid.
-
-    CSR spec §8 (R2's variant, no tolerance); ``image_size`` is (width, height) of the image the
-    boxes refer to.
-    """
-    m = _check_maps(maps, boxes)
-    n, gh, gw = m.shape
-    arg = m.reshape(n, -1).argmax(axis=1)
-    hits = []
-    for i in range(n):
-        r, c = divmod(int(arg[i]), gw)
-        cells = [box_to_grid(b, image_size, (gw, gh)) for b in _boxes_of(boxes[i], i)]
-        hits.append(any(c0 <= c < c1 and r0 <= r < r1 for c0, c1, r0, r1 in cells))
-    return float(np.mean(hits))
-
-
 def box_mask(boxes: object, shape: tuple[int, int], index: int = 0) -> np.ndarray:
     """Boolean [H, W] mask of the pixels whose centres lie inside any of the boxes."""
     h, w = shape
@@ -416,10 +343,3 @@ def map_ious(
         union = np.sum(pred | gt)
         ious[i] = np.sum(pred & gt) / union if union else 0.0
     return ious
-
-
-def map_iou(
-    maps: np.ndarray, boxes: Sequence[object], threshold_frac: float = 0.5, mode: str = "max"
-) -> float:
-    """Mean IoU over images; see `map_ious`."""
-    return float(map_ious(maps, boxes, threshold_frac, mode).mean())
