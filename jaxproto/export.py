@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = workdir.read_dataset_meta(args.workdir)
     stats = ood_statistics(config, method, state, args.ood_quantile, args.ood_samples)
     with cli.atomic_dir(args.out) as tmp:
-        inference.write_export(tmp, config, meta, state)
+        inference.write_export(tmp, config, meta, state, workdir=args.workdir)
         if stats is not None:
             ood.write_stats(tmp, stats)
     log.info("wrote %s", os.path.join(args.out, "manifest.json"))

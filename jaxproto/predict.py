@@ -10,10 +10,11 @@ An unreadable image stops the run with its name before anything is written, unle
 ``--skip_bad`` is given: then it is reported (log and ``<out stem>_skipped.json``) and every
 other image is still written.
 
-Foreign input is flagged, not diagnosed: every row has ``in_distribution`` (false for an image
-too small to be a medical image, or whose features are farther from the training set than the
-export's threshold) and, for exports with OOD statistics, ``ood_score`` (Mahalanobis distance;
-see ``python -m jaxproto.export``). ``--reject_ood`` leaves such images out like bad files.
+Foreign input is flagged, not diagnosed: ``<out stem>_ood.csv`` has one row per CSV row with
+``in_distribution`` (false for an image too small to be a medical image, or whose features are
+farther from the training set than the export's threshold), ``ood_reason`` and, for exports with
+OOD statistics, ``ood_score`` (Mahalanobis distance; see ``python -m jaxproto.export``).
+``--reject_ood`` leaves such images out like bad files.
 """
 
 from __future__ import annotations
@@ -49,13 +50,11 @@ def write_outputs(
     """Writes the CSV, the method's arrays and the skipped list (each under a temporary name,
     renamed when complete); returns the written files."""
     stem = os.path.splitext(out_csv)[0]
-    columns = {**method.prediction_columns(preds), **(flags or {})}
-    with cli.atomic_write(out_csv, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", *columns])
-        for i, path in enumerate(paths):
-            writer.writerow([path, *(_cell(values[i]) for values in columns.values())])
+    _write_csv(out_csv, paths, method.prediction_columns(preds))
     written = [out_csv]
+    if flags:
+        _write_csv(stem + "_ood.csv", paths, flags)
+        written.append(stem + "_ood.csv")
     for name, array in method.prediction_arrays(preds).items():
         path = f"{stem}_{name}.npy"
         with cli.atomic_write(path, "wb") as f:
@@ -67,6 +66,14 @@ def write_outputs(
             json.dump([{"image": p, "error": e} for p, e in skipped], f, indent=1)
         written.append(path)
     return written
+
+
+def _write_csv(path: str, paths: Sequence[str], columns: dict[str, np.ndarray]) -> None:
+    with cli.atomic_write(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", *columns])
+        for i, image in enumerate(paths):
+            writer.writerow([image, *(_cell(values[i]) for values in columns.values())])
 
 
 def _cell(value) -> str:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from jaxproto import methods
+from jaxproto import inference, methods
 from jaxproto.common import cli
 from jaxproto.common.errors import UserError
 from jaxproto.core import logging as log_lib
@@ -119,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trainer = build_trainer(config, args.workdir)
             validate.validate_with_index(config, trainer.index)
             trainer.train()
+            if not trainer.preempted:
+                inference.save_thresholds(args.workdir)  # operating points for reports/predict
     except TrainingDiverged as e:
         raise UserError(str(e)) from None
     except BaseException:

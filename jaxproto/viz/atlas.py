@@ -29,8 +29,8 @@ _ATLAS_CSS = """
 nav{display:flex;flex-wrap:wrap;gap:8px;margin:.4em 0 1em}
 nav a{padding:3px 10px;border:1px solid #c8d3e3;border-radius:12px;text-decoration:none;
 color:#1f5fa8;font-size:.9em}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:18px}
-.cards .imgs{display:grid;grid-template-columns:1fr 1fr;gap:4px}
+.cards{display:grid;grid-template-columns:1fr;gap:18px}
+.cards .imgs{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:6px}
 .cards figure img{min-width:0}
 .cards figure .imgs div{font-size:.75em;color:#5f6368;text-align:center}
 dl{display:grid;grid-template-columns:auto 1fr;gap:1px 8px;margin:6px 0 0;font-size:.82em}

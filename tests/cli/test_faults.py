@@ -241,7 +241,10 @@ def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
     out = tmp_path / "p.csv"
     argv = ["--export", str(exp), "--images", *map(str, groups.values()), "--out", str(out)]
     assert cli.run(predict.main, argv) == 0
-    rows = list(csv.DictReader(open(out)))
+    probs = list(csv.DictReader(open(out)))
+    rows = list(csv.DictReader(open(tmp_path / "p_ood.csv")))
+    assert [r["image"] for r in rows] == [r["image"] for r in probs]
+    assert "in_distribution" not in probs[0]  # the method's columns stay as they are
     flag = {
         name: [r["in_distribution"] for r in rows if f"/{name}/" in r["image"]] for name in groups
     }

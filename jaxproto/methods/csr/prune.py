@@ -33,16 +33,16 @@ class CachedScores:
 
     def __init__(self, method, state: dict, records: Sequence[Record], batch_size: int = 64):
         sims, concept_probs = [], []
-        with Progress(len(records), "similarity maps") as bar:
-            for start in range(0, len(records), batch_size):
-                chunk = records[start : start + batch_size]
-                x = np.stack([method.eval_example(r)["image"] for r in chunk])
-                session = interact.CsrSession(
-                    method.model, state, x, method.config.model.clip_negative
-                )
-                sims.append(np.asarray(session.sims))
-                concept_probs.append(np.asarray(jax.nn.sigmoid(session.concept_logits)))
-                bar.update(len(chunk))
+        starts = range(0, len(records), batch_size)
+        bar = Progress(len(starts), 0, "similarity maps", batch_size)
+        for step, start in enumerate(starts):
+            chunk = records[start : start + batch_size]
+            x = np.stack([method.eval_example(r)["image"] for r in chunk])
+            session = interact.CsrSession(method.model, state, x, method.config.model.clip_negative)
+            sims.append(np.asarray(session.sims))
+            concept_probs.append(np.asarray(jax.nn.sigmoid(session.concept_logits)))
+            bar.update(step + 1)
+        bar.close()
         self.sims = np.concatenate(sims)  # (N, K, M, H, W)
         self.concept_probs = np.concatenate(concept_probs)
         self.records = list(records)

@@ -141,7 +141,7 @@ def _check(queries, n: int, dim: int, k: int) -> np.ndarray:
     queries = np.asarray(queries, np.float32)
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be in [1, {n}] (gallery size)")
-    if queries.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+    if queries.ndim != 2 or queries.shape[1] != dim:
         raise ValueError(f"query dim {queries.shape[1:]} != gallery dim {dim}")
     return queries
 

@@ -93,7 +93,7 @@ def test_faiss_index_recall_against_exact(kind):
     gallery = (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).astype(np.float32)
     queries = gallery[:50] + 0.01
     _, exact = search.knn(queries, gallery, k=10)
-    index = search.FaissIndex(gallery, kind=kind, nprobe=32)
+    index = search.FaissIndex(gallery, kind=kind, nlist=32, nprobe=16)
     d, approx = index.search(queries, 10)
     assert search.recall_at_k(approx, exact) >= 0.95
     assert np.all(np.diff(d, axis=1) >= -1e-6)
