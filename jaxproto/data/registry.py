@@ -38,6 +38,9 @@ LOADERS: dict[str, str] = {
     "vindr": "jaxproto.data.vindr",
     "ddi": "jaxproto.data.ddi",
     "ham10000": "jaxproto.data.ham10000",
+    "covidct": "jaxproto.data.covidct",
+    "kermany": "jaxproto.data.kermany",
+    "fitzpatrick17k": "jaxproto.data.fitzpatrick",
 }
 
 COMMON_DEFAULTS: dict = {

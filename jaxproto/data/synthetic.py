@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import urllib.parse
 import zlib
@@ -261,11 +262,30 @@ class Layout:
     scene: dict
 
 
+# Look-alikes defined in other modules (``LIKES`` and ``layout(like, seed, index)`` there),
+# imported on first use: the concept-rule datasets of ``jaxproto.data.synthetic_concepts``.
+PLUGIN_LIKES: dict[str, str] = {
+    name: "jaxproto.data.synthetic_concepts"
+    for name in ("ddi_concepts", "covidct_concepts", "kermany_concepts", "fitzpatrick_concepts")
+}
+
+
+def _plugin(like: str):
+    return importlib.import_module(PLUGIN_LIKES[like])
+
+
+def known_likes() -> list[str]:
+    """Every ``like`` this module renders (built-in and plugin)."""
+    return sorted([*LIKES, *PLUGIN_LIKES])
+
+
 def _like_key(like: str) -> int:
     return zlib.crc32(like.encode())
 
 
 def _spec(like: str) -> LikeSpec:
+    if like in PLUGIN_LIKES:
+        return _plugin(like).LIKES[like]
     if like not in LIKES:
         raise ValueError(f"unknown synthetic dataset like={like!r}; choose from {sorted(LIKES)}")
     return LIKES[like]
@@ -310,6 +330,8 @@ def _cxr_scene(rng) -> dict:
 
 def layout(like: str, seed: int, index: int) -> Layout:
     """Labels, concepts, lesion geometry and scene parameters of image ``index``."""
+    if like in PLUGIN_LIKES:
+        return _plugin(like).layout(like, seed, index)
     spec = _spec(like)
     rng = np.random.default_rng([int(seed), _like_key(like), int(index), 0])
     ncls = len(spec.class_names)
@@ -512,8 +534,8 @@ def parse_path(path: str) -> tuple[str, int, int, int, bool]:
         raise DataError(f"{path!r}: malformed synthetic path ({e}); expected {expected}") from None
     if query:
         raise DataError(f"{path!r}: unknown query fields {sorted(query)}; expected {expected}")
-    if like not in LIKES:
-        raise DataError(f"{path!r}: unknown like {like!r}; choose from {sorted(LIKES)}")
+    if like not in LIKES and like not in PLUGIN_LIKES:
+        raise DataError(f"{path!r}: unknown like {like!r}; choose from {known_likes()}")
     return like, seed, index, size, hans
 
 

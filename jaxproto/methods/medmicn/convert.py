@@ -1,0 +1,4 @@
+"""placeholder"""
+HELP = ""
+def add_arguments(p): pass
+def run(a): return 0

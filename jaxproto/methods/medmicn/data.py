@@ -1,0 +1,78 @@
+"""Med-MICN's example functions: Resize(256) → CenterCrop(224) → ImageNet normalisation (§2),
+the integer class and the concept vector; an optional horizontal flip for training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxproto.common.errors import DataError
+from jaxproto.data import transforms
+from jaxproto.data.images import load_image
+from jaxproto.data.records import Record
+
+AUGMENTS = ("none", "flip")
+
+
+def target_of(record: Record) -> int:
+    """The record's single class; DataError when its labels are not one-hot."""
+    labels = np.asarray(record.labels)
+    if labels.ndim != 1 or abs(float(labels.sum()) - 1.0) > 1e-6:
+        raise DataError(
+            f"record {record.image_id!r} ({record.path}): labels {labels.tolist()} are not "
+            "one class (Med-MICN is a single-label classifier)"
+        )
+    return int(np.argmax(labels))
+
+
+def concepts_of(record: Record, num_concepts: int) -> np.ndarray:
+    """The record's concept labels (float32, N); DataError naming the record otherwise."""
+    if record.concepts is None or np.shape(record.concepts) != (num_concepts,):
+        got = None if record.concepts is None else np.shape(record.concepts)
+        raise DataError(
+            f"record {record.image_id!r} ({record.path}): concepts {got}, expected "
+            f"{num_concepts} concept labels (Med-MICN needs a concept table for training)"
+        )
+    return np.asarray(record.concepts, np.float32)
+
+
+def preprocess(image: np.ndarray, image_size: int, resize: int) -> np.ndarray:
+    """Shorter side to ``resize`` (0: image_size·256/224), centre crop, ImageNet mean/std."""
+    resize = resize or int(round(image_size * 256 / 224))
+    return transforms.imagenet_normalize(
+        transforms.resize_shorter_center_crop(image, resize, image_size)
+    )
+
+
+class MedMicnExample:
+    """Decode + preprocess (+ flip when training); picklable for grain workers. Records without
+    concepts are allowed only at inference (``num_concepts`` = 0 skips them)."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        image_size: int,
+        resize: int,
+        num_concepts: int,
+        augment: str = "none",
+    ):
+        if augment not in AUGMENTS:
+            raise ValueError(f"optim.augment must be one of {AUGMENTS}, got {augment!r}")
+        self.records = list(records)
+        self.image_size, self.resize = int(image_size), int(resize)
+        self.num_concepts = int(num_concepts)
+        self.augment = augment
+
+    def example(self, record: Record, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        x = preprocess(load_image(record.path), self.image_size, self.resize)
+        if rng is not None and self.augment == "flip" and rng.random() < 0.5:
+            x = x[:, ::-1]
+        out = {"image": np.ascontiguousarray(x, np.float32)}
+        if self.num_concepts:
+            out["label"] = np.int32(target_of(record))
+            out["concepts"] = concepts_of(record, self.num_concepts)
+        return out
+
+    def __call__(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return self.example(self.records[int(index)], rng)
