@@ -8,6 +8,7 @@ and train-mode BatchNorm on the batch itself (the code never calls ``model.eval(
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -22,8 +23,8 @@ from jaxproto.core import outputs
 from jaxproto.core.method import Converter, ExplainRequest, Method, Phase
 from jaxproto.data import samplers, synthetic_concepts
 from jaxproto.data.records import DatasetIndex, Record
-from jaxproto.methods.medmicn import data as data_lib
 from jaxproto.methods.medmicn import convert, evaluation, explain, losses
+from jaxproto.methods.medmicn import data as data_lib
 from jaxproto.methods.medmicn.model import MedMicnModel
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class MedMicnMethod(Method):
         self.image_size = int(config.model.image_size)
         self.model = build_model(config, self.num_concepts, index.num_classes)
         self.model.feature_tap()  # validates model.backbone_feature
+        cache = bool(config.get("input", {}).get("cache_images", False))
+        self._eval_example = data_lib.MedMicnExample(
+            [], self.image_size, int(config.model.resize), 0, cache=cache
+        )
         if config.eval.protocol not in evaluation.PROTOCOLS:
             raise ValueError(
                 f"eval.protocol must be one of {evaluation.PROTOCOLS}, got {config.eval.protocol!r}"
@@ -100,7 +105,8 @@ class MedMicnMethod(Method):
             self.image_size,
             int(self.config.model.resize),
             self.num_concepts,
-            self.config.optim.augment,
+            self.config.input.augment,
+            bool(self.config.input.cache_images),
         )
         for r in records[:1]:
             example.example(r, None)  # fail early, naming the record, when concepts are missing
@@ -135,8 +141,7 @@ class MedMicnMethod(Method):
 
     # ------------------------------------------------------------------ inference
     def eval_example(self, record: Record) -> dict[str, np.ndarray]:
-        example = data_lib.MedMicnExample([], self.image_size, int(self.config.model.resize), 0)
-        return example.example(record, None)
+        return self._eval_example.example(record, None)
 
     def predict(self, state, batch) -> dict[str, jax.Array]:
         fair, _ = self.forward(state["params"], state["batch_stats"], batch["image"], False)
@@ -191,7 +196,8 @@ class MedMicnMethod(Method):
 
     @classmethod
     def converters(cls) -> dict[str, Converter]:
-        return {"medmicn": Converter(convert.HELP, convert.add_arguments, convert.run)}
+        run = functools.partial(convert.run, method_cls=cls)
+        return {"medmicn": Converter(convert.HELP, convert.add_arguments, run)}
 
     def cam_family(self) -> str:
         return get_spec(self.config.model.backbone).family
