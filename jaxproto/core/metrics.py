@@ -251,14 +251,26 @@ def _check_maps(maps: np.ndarray, boxes: Sequence[object]) -> np.ndarray:
     return m
 
 
+TOLERANCE_SHAPES = ("square", "disk")
+
+
 def pointing_hits(
-    maps: np.ndarray, boxes: Sequence[object], tolerance_px: float = 0.0
+    maps: np.ndarray,
+    boxes: Sequence[object],
+    tolerance_px: float = 0.0,
+    tolerance_shape: str = "square",
 ) -> np.ndarray:
     """Per-image pointing-game hits (Zhang et al.): is the map's arg-max inside a box?
 
-    Each box is enlarged by ``tolerance_px`` on every side (Zhang et al. use 15 px at image
-    resolution). Ties go to the first maximum in row-major order; constant maps are logged.
+    A point within ``tolerance_px`` of a box counts as inside (Zhang et al. use 15 px at image
+    resolution): ``tolerance_shape="square"`` enlarges each box by the tolerance on every side,
+    ``"disk"`` takes the Euclidean distance to the box (Zhang et al.'s distance transform of the
+    box mask). Ties go to the first maximum in row-major order; constant maps are logged.
     """
+    if tolerance_shape not in TOLERANCE_SHAPES:
+        raise ValueError(
+            f"tolerance_shape must be one of {TOLERANCE_SHAPES}, got {tolerance_shape!r}"
+        )
     m = _check_maps(maps, boxes)
     n, _, width = m.shape
     flat = m.reshape(n, -1)
@@ -273,34 +285,48 @@ def pointing_hits(
     hits = np.zeros(n, bool)
     for i in range(n):
         b = _boxes_of(boxes[i], i)
-        inside = (
-            (cx[i] >= b[:, 0] - tolerance_px)
-            & (cx[i] <= b[:, 0] + b[:, 2] + tolerance_px)
-            & (cy[i] >= b[:, 1] - tolerance_px)
-            & (cy[i] <= b[:, 1] + b[:, 3] + tolerance_px)
-        )
+        # Distance from the point to each box along x and y (0 inside the box's extent).
+        dx = np.maximum(np.maximum(b[:, 0] - cx[i], cx[i] - (b[:, 0] + b[:, 2])), 0.0)
+        dy = np.maximum(np.maximum(b[:, 1] - cy[i], cy[i] - (b[:, 1] + b[:, 3])), 0.0)
+        if tolerance_shape == "disk":
+            inside = dx * dx + dy * dy <= tolerance_px * tolerance_px
+        else:
+            inside = (dx <= tolerance_px) & (dy <= tolerance_px)
         hits[i] = bool(inside.any())
     return hits
 
 
-def pointing_game(maps: np.ndarray, boxes: Sequence[object], tolerance_px: float = 0.0) -> float:
+def pointing_game(
+    maps: np.ndarray,
+    boxes: Sequence[object],
+    tolerance_px: float = 0.0,
+    tolerance_shape: str = "square",
+) -> float:
     """Pointing-game hit rate over images; see `pointing_hits`."""
-    return float(pointing_hits(maps, boxes, tolerance_px).mean())
+    return float(pointing_hits(maps, boxes, tolerance_px, tolerance_shape).mean())
 
 
 def box_to_grid(
-    box: BoxLike, image_size: tuple[int, int], grid_size: tuple[int, int]
+    box: BoxLike,
+    image_size: tuple[int, int],
+    grid_size: tuple[int, int],
+    keep_one_cell: bool = False,
 ) -> tuple[int, int, int, int]:
-    """Scales an image-pixel box to grid cells ``[c0, c1) x [r0, r1)`` (floor/ceil, clamped).
+    """Scales an image-pixel box to grid cells ``[c0, c1) x [r0, r1)`` (floor/ceil, clamped):
+    a cell counts if the box overlaps it at all (CSR spec §4.1, §8, R2's grid variant).
 
-    ``image_size`` and ``grid_size`` are (width, height). CSR spec §8, R2's grid variant.
+    ``image_size`` and ``grid_size`` are (width, height). A box outside the grid gives an empty
+    range; ``keep_one_cell`` instead clamps it onto the nearest border cell, so every box covers
+    at least one cell.
     """
     x, y, w, h = (float(v) for v in box)
     (iw, ih), (gw, gh) = image_size, grid_size
-    c0 = min(max(math.floor(x * gw / iw), 0), gw)
-    c1 = min(max(math.ceil((x + w) * gw / iw), 0), gw)
-    r0 = min(max(math.floor(y * gh / ih), 0), gh)
-    r1 = min(max(math.ceil((y + h) * gh / ih), 0), gh)
+    last_c, last_r = (gw - 1, gh - 1) if keep_one_cell else (gw, gh)
+    c0 = min(max(math.floor(x * gw / iw), 0), last_c)
+    r0 = min(max(math.floor(y * gh / ih), 0), last_r)
+    lo_c, lo_r = (c0 + 1, r0 + 1) if keep_one_cell else (0, 0)
+    c1 = min(max(math.ceil((x + w) * gw / iw), lo_c), gw)
+    r1 = min(max(math.ceil((y + h) * gh / ih), lo_r), gh)
     return c0, c1, r0, r1
 
 

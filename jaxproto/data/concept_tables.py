@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, Record
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ def read_concept_table(
     path: str, key: str, names: Sequence[str], report: BadSampleReport
 ) -> ConceptTable:
     """Reads ``path``; every concept in ``names`` must be a column (DataError otherwise)."""
-    with R.open_text(path) as f:
+    with loading.open_text(path) as f:
         has_flag = DO_NOT_CONSIDER in f.readline()
     labels: dict[str, np.ndarray] = {}
     excluded: set[str] = set()
-    for line, row in R.read_csv_rows(path, [key, *names, *([DO_NOT_CONSIDER] * has_flag)]):
+    for line, row in loading.read_csv_rows(path, [key, *names, *([DO_NOT_CONSIDER] * has_flag)]):
         where = f"{path}:{line}"
         image = row[key]
         if image in labels or image in excluded:

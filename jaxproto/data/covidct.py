@@ -17,8 +17,7 @@ import os
 import ml_collections
 
 from jaxproto.common.errors import DataError
-from jaxproto.data import concept_tables
-from jaxproto.data import registry as R
+from jaxproto.data import concept_tables, loading
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 CLASS_NAMES = ["CT_COVID", "CT_NonCOVID"]
@@ -42,7 +41,7 @@ DEFAULTS: dict = {
 
 def _read_list(path: str, image_dir: str, label: int, report: BadSampleReport) -> list[Record]:
     out = []
-    with R.open_text(path) as f:
+    with loading.open_text(path) as f:
         for line_no, line in enumerate(f, start=1):
             name = line.strip()
             if not name:
@@ -55,13 +54,12 @@ def _read_list(path: str, image_dir: str, label: int, report: BadSampleReport) -
                     meta={"where": f"{path}:{line_no}"},
                 )
             )
-    return R.check_duplicates(out, path, report)
+    return loading.check_duplicates(out, path, report)
 
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads COVID-CT from ``cfg.root``; see the module docstring."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
     image_root = os.path.join(root, opt("covidct_image_dir"))
     mode = opt("covidct_split")
     splits: dict[str, list[Record]] = {}
@@ -70,7 +68,7 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         for split in ("train", "val", "test"):
             for label, cls in enumerate(CLASS_NAMES):
                 path = os.path.join(split_root, SPLIT_FOLDERS[cls], f"{split}{cls}.txt")
-                R.require_file(path, f"COVID-CT {split} list of {cls}")
+                loading.require_file(path, f"COVID-CT {split} list of {cls}")
                 recs = _read_list(path, os.path.join(image_root, cls), label, report)
                 splits.setdefault(split, []).extend(recs)
     elif mode == "random":
@@ -91,7 +89,7 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
     )
     for split in splits:
         splits[split] = concept_tables.attach(
-            R.check_files(splits[split], report), table, path, report
+            loading.check_files(splits[split], report), table, path, report
         )
     index = DatasetIndex(
         name="covidct",
@@ -101,5 +99,5 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         concept_names=names if table is not None else [],
     )
     if mode == "random":
-        R.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
-    return R.finish(index, cfg, DEFAULTS)
+        loading.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
+    return loading.finish(index, cfg, DEFAULTS)

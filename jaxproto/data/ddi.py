@@ -21,7 +21,7 @@ import os
 
 import ml_collections
 
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.concept_tables import (
     DO_NOT_CONSIDER,
     ConceptTable,
@@ -55,7 +55,7 @@ def read_concepts(
     (``DDI_file`` key) if present, else SkinCon's DDI table (``ImageID`` = the DDI file name),
     else (None, "")."""
     for option, key in (("ddi_concept_csv", "DDI_file"), ("ddi_skincon_csv", "ImageID")):
-        name = R.option(cfg, option, DEFAULTS)
+        name = loading.option(cfg, option, DEFAULTS)
         path = os.path.join(root, name) if name else ""
         if path and os.path.isfile(path):
             return read_concept_table(path, key, names, report), path
@@ -65,25 +65,22 @@ def read_concepts(
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads DDI from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
-    meta_path = R.require_file(os.path.join(root, opt("ddi_metadata_csv")), "DDI metadata")
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
+    meta_path = loading.require_file(os.path.join(root, opt("ddi_metadata_csv")), "DDI metadata")
     image_dir = os.path.join(root, "images")
     image_dir = image_dir if os.path.isdir(image_dir) else root
     names = list(opt("ddi_concepts"))
     concepts, concept_path = read_concepts(root, cfg, names, report)
     excluded = 0
-    with R.open_text(meta_path) as f:
+    with loading.open_text(meta_path) as f:
         header = f.readline()
     label_col = "malignant" if "malignant" in header else "malignancy(malig=1)"
     records, seen = [], set()
-    for line, row in R.read_csv_rows(meta_path, ["DDI_file", "skin_tone", label_col]):
+    for line, row in loading.read_csv_rows(meta_path, ["DDI_file", "skin_tone", label_col]):
         where = f"{meta_path}:{line}"
         fname = row["DDI_file"]
-        if fname in seen:
-            report.bad(where, f"duplicate image id {fname!r}", "each image once")
+        if not loading.first_sighting(seen, fname, where, report):
             continue
-        seen.add(fname)
         malignant = parse_bool(row[label_col], where, label_col, report)
         if malignant is None:
             continue
@@ -117,9 +114,9 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
     index = DatasetIndex(
         name="ddi",
         class_names=list(CLASS_NAMES),
-        splits={"train": R.check_files(records, report)},
+        splits={"train": loading.check_files(records, report)},
         multilabel=False,
         concept_names=names if concepts is not None else [],
     )
-    R.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
-    return R.finish(index, cfg, DEFAULTS)
+    loading.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
+    return loading.finish(index, cfg, DEFAULTS)

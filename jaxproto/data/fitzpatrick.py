@@ -16,8 +16,7 @@ import os
 
 import ml_collections
 
-from jaxproto.data import concept_tables
-from jaxproto.data import registry as R
+from jaxproto.data import concept_tables, loading
 from jaxproto.data.ddi import CONCEPT_NAMES
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
@@ -37,17 +36,16 @@ DEFAULTS: dict = {
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads Fitzpatrick17k + SkinCon from ``cfg.root``; see the module docstring."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
-    meta = R.require_file(os.path.join(root, opt("fitzpatrick_csv")), "Fitzpatrick17k table")
-    sk_path = R.require_file(
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
+    meta = loading.require_file(os.path.join(root, opt("fitzpatrick_csv")), "Fitzpatrick17k table")
+    sk_path = loading.require_file(
         os.path.join(root, opt("fitzpatrick_skincon_csv")), "SkinCon Fitzpatrick17k annotations"
     )
     names = list(opt("fitzpatrick_concepts"))
     table = concept_tables.read_concept_table(sk_path, "ImageID", names, report)
     image_dir = os.path.join(root, opt("fitzpatrick_image_dir"))
     records, not_annotated = [], 0
-    for line, row in R.read_csv_rows(meta, ["md5hash", "three_partition_label"]):
+    for line, row in loading.read_csv_rows(meta, ["md5hash", "three_partition_label"]):
         where = f"{meta}:{line}"
         image_id = f"{row['md5hash']}.jpg"
         if image_id not in table.labels:
@@ -76,9 +74,11 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
     index = DatasetIndex(
         name="fitzpatrick17k",
         class_names=list(CLASS_NAMES),
-        splits={"train": R.check_duplicates(R.check_files(records, report), meta, report)},
+        splits={
+            "train": loading.check_duplicates(loading.check_files(records, report), meta, report)
+        },
         multilabel=False,
         concept_names=names,
     )
-    R.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
-    return R.finish(index, cfg, DEFAULTS)
+    loading.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
+    return loading.finish(index, cfg, DEFAULTS)

@@ -16,8 +16,7 @@ import os
 import ml_collections
 
 from jaxproto.common.errors import DataError
-from jaxproto.data import concept_tables
-from jaxproto.data import registry as R
+from jaxproto.data import concept_tables, loading
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 CLASS_NAMES = ["NORMAL", "PNEUMONIA"]
@@ -54,8 +53,8 @@ def _split(base: str, split: str) -> list[Record]:
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads the Kermany folders under ``cfg.root``; see the module docstring."""
-    base = _dataset_dir(R.require_root(cfg))
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
+    base = _dataset_dir(root)
     splits = {s: _split(base, s) for s in ("train", "test")}
     if os.path.isdir(os.path.join(base, "val")):
         splits["val"] = _split(base, "val")
@@ -73,4 +72,4 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         background_class=None,
         concept_names=names if table is not None else [],
     )
-    return R.finish(index, cfg, DEFAULTS)
+    return loading.finish(index, cfg, DEFAULTS)

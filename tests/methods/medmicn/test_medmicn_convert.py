@@ -3,17 +3,17 @@ module layout (models.py / train_skin_neural.py / torch_explain ConceptEmbedding
 ConceptReasoningLayer) with random weights; the converted workdir must give the same concept
 probabilities, ŷ_neural and ỹ (eval-mode BN = fair outputs, train-mode BN = faithful outputs)."""
 
-import argparse
 import os
 
+import jax
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from jaxproto.core import restore  # noqa: E402
-from jaxproto.methods.medmicn.method import MedMicnMethod  # noqa: E402
+from jaxproto import convert  # noqa: E402
+from jaxproto.inference import load_for_inference  # noqa: E402
 from tests.torch_reference_models import BasicBlock, Bottleneck, ResNet, randomize_  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -90,13 +90,10 @@ def _check(tmp_path, repo_root, backbone, arg, size, proj, hidden):
     torch.save(model.state_dict(), ckpt)
     out = str(tmp_path / "wd")
     spec = os.path.join(repo_root, "configs", "medmicn_ddi.py") + f":{arg},image_size={size}"
-    conv = MedMicnMethod.converters()["medmicn"]
-    parser = argparse.ArgumentParser()
-    conv.add_arguments(parser)
-    assert conv.run(parser.parse_args(["--input", ckpt, "--config", spec, "--out", out])) == 0
-    _, method, state = restore.load_for_inference(out)
+    assert convert.main(["medmicn", "--input", ckpt, "--config", spec, "--out", out]) == 0
+    _, method, state = load_for_inference(out)
     x = np.random.default_rng(0).normal(size=(4, size, size, 3)).astype(np.float32)
-    got = method.predict(state, {"image": x})
+    got = jax.jit(method.predict)(state, {"image": x})
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         for mode, pre in (("eval", ""), ("train", "faithful_")):
@@ -122,3 +119,12 @@ def test_convert_rejects_a_mismatched_checkpoint(tmp_path, repo_root):
     backbone = LogitsResNet(BasicBlock, [1, 1, 1, 1], widths=(8, 16, 32, 64))
     with pytest.raises(Exception, match="pre_proj|shape"):
         _check(tmp_path, repo_root, backbone, "synthetic", 64, proj=12, hidden=1000)
+
+
+def test_convert_cli_reports_a_mismatch_in_one_line(tmp_path, repo_root, capsys):
+    from jaxproto.common import cli
+
+    torch.save({"backbone.fc.weight": torch.zeros(3, 3)}, str(tmp_path / "bad.pth"))
+    spec = os.path.join(repo_root, "configs", "medmicn_ddi.py") + ":synthetic"
+    argv = ["medmicn", "--input", str(tmp_path / "bad.pth"), "--config", spec]
+    assert cli.run(convert.main, [*argv, "--out", str(tmp_path / "wd")]) == 2
