@@ -30,7 +30,7 @@ from jaxproto.backbones import convert_state_dict, read_state_dict
 from jaxproto.common.config import load_config_file
 from jaxproto.common.errors import CheckpointError
 from jaxproto.core import checkpoint, trainer, workdir
-from jaxproto.data import covidct, ddi, fitzpatrick, kermany, synthetic, synthetic_concepts
+from jaxproto.data import covidct, ddi, fitzpatrick, kermany, synthetic
 from jaxproto.data.records import DatasetIndex
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def index_for_config(config: ml_collections.ConfigDict) -> DatasetIndex:
     """Class and concept names of the config's dataset, without reading any data."""
     d = config.data
     if d.name == "synthetic":
-        spec = synthetic_concepts.LIKES.get(d.like) or synthetic.LIKES[d.like]
+        spec = synthetic.LIKES[d.like]
         classes, concepts = spec.class_names, spec.concept_names
     elif d.name in _NAMES:
         classes, option = _NAMES[d.name]

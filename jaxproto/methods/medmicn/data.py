@@ -40,9 +40,16 @@ def concepts_of(record: Record, num_concepts: int) -> np.ndarray:
 def preprocess(image: np.ndarray, image_size: int, resize: int) -> np.ndarray:
     """Shorter side to ``resize`` (0: image_size·256/224), centre crop, ImageNet mean/std."""
     resize = resize or int(round(image_size * 256 / 224))
-    return transforms.imagenet_normalize(
-        transforms.resize_shorter_center_crop(image, resize, image_size)
-    )
+    h, w = transforms.check_image(image).shape[:2]
+    scale = resize / min(h, w)  # torchvision Resize(int): shorter side to ``resize``
+    nh, nw = (resize, int(w * scale)) if h <= w else (int(h * scale), resize)
+    top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
+    if top < 0 or left < 0:
+        raise ValueError(f"centre crop {image_size} larger than the resized {nw}x{nh} image")
+    img = transforms.resize_bilinear(image, nw, nh)[
+        top : top + image_size, left : left + image_size
+    ]
+    return transforms.imagenet_normalize(img)
 
 
 class MedMicnExample:
