@@ -15,6 +15,7 @@ concept CSV; Kermany folders + concept CSV; Fitzpatrick17k CSV + SkinCon table).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -136,6 +137,13 @@ def write_layout(like: str, index: DatasetIndex, out: str) -> str:
     return real
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def build_parser() -> cli.ArgumentParser:
     parser = cli.make_parser(
         "Render a Med-MICN concept-rule dataset in a real dataset's published layout.\n\n"
@@ -143,22 +151,18 @@ def build_parser() -> cli.ArgumentParser:
         "python -m jaxproto.data.synthetic_concepts",
     )
     parser.add_argument("--like", required=True, choices=sorted(REAL_LAYOUT))
-    parser.add_argument("--num", type=int, required=True, help="training images")
+    parser.add_argument("--num", type=_positive, required=True, help="training images")
     parser.add_argument("--num_test", type=int, default=None, help="test images (default num/4)")
     parser.add_argument("--num_val", type=int, default=0, help="validation images (COVID-CT)")
     parser.add_argument("--out", required=True, help="output directory (created)")
-    parser.add_argument("--image_size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--image_size", type=_positive, default=128, help="image side in px")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Writes a synthetic concept-rule dataset in the real dataset's layout."""
-    parser = build_parser()
-    args = cli.parse(parser, argv)
-    for flag in ("num", "image_size"):
-        if getattr(args, flag) <= 0:
-            parser.error(f"argument --{flag}: must be > 0, got {getattr(args, flag)}")
+    args = cli.parse(build_parser(), argv)
     cli.output_dir(args.out)
     cfg = {
         "like": args.like, "num_train": args.num, "num_val": args.num_val,

@@ -13,7 +13,7 @@ def _leaky(x):
     return jnp.where(x > 0, x, 0.01 * x)
 
 
-def test_concept_grad_cam_matches_finite_differences():
+def test_concept_grad_cam_matches_the_head_gradient():
     model = MedMicnModel(
         backbone="resnet_tiny", num_concepts=3, num_classes=2, backbone_feature="pooled",
         pre_proj_dim=6, emb_size=2, fusion_hidden=(8,), torch_init=True,
@@ -26,7 +26,7 @@ def test_concept_grad_cam_matches_finite_differences():
     def concept_logits(pooled):
         z = _leaky(pooled @ p["pre_proj"]["kernel"] + p["pre_proj"]["bias"])
         h = _leaky(
-            np.einsum("h,nhk->nk", z, p["concepts"]["context_kernel"])
+            jnp.einsum("h,nhk->nk", z, p["concepts"]["context_kernel"])
             + p["concepts"]["context_bias"]
         )
         return (
