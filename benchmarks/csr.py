@@ -3,9 +3,13 @@
 - ``similarity_maps``: backbone + projector + cosine maps S per image (the cached encoding);
 - ``interaction``: re-prediction from cached S with a negative box and a rejected concept
   (no backbone), per image;
+- ``repredict_one_image``: median latency of one image's re-prediction from the cached maps;
+- ``studio_repredict``: median latency of the studio's whole answer for one image (model +
+  per-concept map PNGs with colour scales);
 - ``train_step``: images/s of the jitted train step of each stage.
 
-Usage: ``python benchmarks/csr.py [--config synthetic] [--batch 16] [--iters 10]``; inputs are
+Usage: ``python benchmarks/csr.py [--config synthetic] [--batch 16] [--iters 10]`` (the paper's
+real-data model at 224 px: ``--config "" --concepts 14``); inputs are
 random tensors shaped like the config's images (no data or weights needed).
 """
 
@@ -16,15 +20,17 @@ import json
 import sys
 import time
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxproto.methods.csr import config as csr_config
 from jaxproto.data.records import DatasetIndex, Record
+from jaxproto.methods.csr import config as csr_config
 from jaxproto.methods.csr import interact
 from jaxproto.methods.csr.method import CsrMethod
+from jaxproto.methods.csr.studio import StudioApp
 
 
 def _index(num_concepts: int, num_classes: int) -> DatasetIndex:
@@ -51,6 +57,17 @@ def _time(fn, iters: int) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def _median(fn, iters: int) -> float:
+    """Median seconds of one call (after a warm-up call that compiles)."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def _emit(**row) -> None:
     sys.stdout.write(json.dumps(row) + "\n")
     sys.stdout.flush()
@@ -63,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--no_train", action="store_true", help="skip the train_step rows")
     args = ap.parse_args(argv)
 
     cfg = csr_config.get_config("tbx11k", args.config)
@@ -92,6 +110,33 @@ def main(argv: list[str] | None = None) -> None:
     sec = _time(lambda: session.predict(a, rejected)["logits"], args.iters)
     _emit(name="interaction", ms_per_image=1e3 * sec / b, **common)
 
+    # One image, as in the studio: re-prediction from the cached maps (model only), and the
+    # whole studio answer (model + per-concept map PNGs with colour scale), median latency.
+    single = interact.CsrSession(method.model, state, images[:1])
+    a1 = single.importance([], [(0, 0, size // 4, size // 4)], float(cfg.model.alpha))
+    _emit(
+        name="repredict_one_image",
+        median_ms=1e3 * _median(lambda: single.predict(a1, rejected)["logits"], args.iters),
+        **{**common, "batch": 1},
+    )
+    app = StudioApp(method, state)
+    raw = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    _, png = cv2.imencode(".png", raw)
+    image_id = app.open_image("bench.png", data=png.tobytes())["image_id"]
+    request = {
+        "image_id": image_id,
+        "negative": [[0, 0, size // 4, size // 4]],
+        "rejected": [app.concepts[0]],
+        "alpha": float(cfg.model.alpha),
+    }
+    _emit(
+        name="studio_repredict",
+        median_ms=1e3 * _median(lambda: app.predict(request), args.iters),
+        **{**common, "batch": 1},
+    )
+
+    if args.no_train:
+        return
     opts = method.optimizers(steps_per_epoch=100)
     batch = {
         "image": images,

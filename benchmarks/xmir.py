@@ -6,7 +6,10 @@
   and the straightforward per-mask loop (one jitted forward per masked image) in the same run;
   the loop is timed on ``--loop-masks`` masks and extrapolated to the full mask count;
 * ``index``: gallery embedding images/s (batched, sharded over the local devices);
-* ``query``: exact k-NN latency (k = 10) for gallery sizes ``--gallery-sizes``.
+* ``query``: for each of ``--gallery-sizes`` synthetic 256-d unit vectors (clustered like class
+  embeddings): one-query latency (k = 10) of the exact search (gallery resident on the device,
+  :class:`search.ExactIndex`) and of FAISS (``--faiss``; recall@10 against the exact result),
+  and the exact search's throughput against a NumPy matmul + argpartition in the same run.
 
 Weights are random (timings do not depend on them).
 """
@@ -40,6 +43,59 @@ def _time(fn, repeats: int) -> float:
     return (time.perf_counter() - t) / repeats
 
 
+def _clustered(rng, n: int, dim: int, centres: np.ndarray) -> np.ndarray:
+    """Unit vectors around ``centres`` (class clusters, as retrieval embeddings are)."""
+    x = centres[rng.integers(0, len(centres), n)]
+    x = x + (0.7 / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _latency_ms(fn, repeats: int) -> float:
+    fn()  # compile / warm up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return 1000 * (time.perf_counter() - t) / repeats
+
+
+def _query_bench(n: int, dim: int, faiss_kinds: str, repeats: int) -> None:
+    """Query latency (k = 10, one query) of exact search vs a NumPy matmul + argpartition,
+    exact throughput (queries/s for a batch of 64) vs NumPy, and FAISS latency + recall@10."""
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((1000, dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    g = _clustered(rng, n, dim, centres)
+    queries = _clustered(rng, 64, dim, centres)
+    q1 = queries[:1]
+    t = time.perf_counter()
+    index = search.ExactIndex(g)
+    build_s = time.perf_counter() - t
+
+    def numpy_knn(q):
+        d2 = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * (q @ g.T)
+        part = np.argpartition(d2, 10, axis=1)[:, :10]
+        return np.take_along_axis(part, np.argsort(np.take_along_axis(d2, part, 1), 1), 1)
+
+    row = {"bench": "query", "gallery": n, "dim": dim, "k": 10}
+    row["exact_latency_ms"] = _latency_ms(lambda: index.search(q1, 10), repeats)
+    row["numpy_latency_ms"] = _latency_ms(lambda: numpy_knn(q1), repeats)
+    batch_exact = _latency_ms(lambda: index.search(queries, 10), repeats)
+    batch_numpy = _latency_ms(lambda: numpy_knn(queries), repeats)
+    row["exact_queries_per_s"] = 64e3 / batch_exact
+    row["numpy_queries_per_s"] = 64e3 / batch_numpy
+    row["exact_vs_numpy_throughput"] = batch_numpy / batch_exact
+    row["exact_build_s"] = build_s
+    _, exact = index.search(queries, 10)
+    for kind in (k for k in faiss_kinds.split(",") if k):
+        t = time.perf_counter()
+        approx_search = search.FaissIndex(g, kind, nlist=min(1024, int(4 * np.sqrt(n)))).search
+        row[f"faiss_{kind}_build_s"] = time.perf_counter() - t
+        row[f"faiss_{kind}_latency_ms"] = _latency_ms(lambda fn=approx_search: fn(q1, 10), repeats)
+        row[f"faiss_{kind}_recall_at_10"] = search.recall_at_k(approx_search(queries, 10)[1], exact)
+    _emit(**row)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,7 +110,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--index-images", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--gallery-sizes", default="10000,100000")
+    p.add_argument("--gallery-sizes", default="10000,100000,1000000")
+    p.add_argument("--faiss", default="ivf", help="FAISS index kinds to compare (ivf,hnsw; '')")
+    p.add_argument("--repeats-query", type=int, default=20)
     p.add_argument("--only", default="sbsm,index,query")
     args = p.parse_args(argv)
     only = set(args.only.split(","))
@@ -136,24 +194,8 @@ def main(argv=None) -> None:
         )
 
     if "query" in only:
-        rng = np.random.default_rng(2)
-        dim = args.embedding_dim or 1024
-        for n in (int(s) for s in args.gallery_sizes.split(",") if s):
-            g = rng.normal(size=(n, dim)).astype(np.float32)
-            g /= np.linalg.norm(g, axis=1, keepdims=True)
-            qv = g[:1] + 0.01
-            search.knn(qv, g, 10)  # compile
-            t = time.perf_counter()
-            reps = 5
-            for _ in range(reps):
-                search.knn(qv, g, 10)
-            _emit(
-                bench="query",
-                gallery=n,
-                dim=dim,
-                k=10,
-                latency_ms=1000 * (time.perf_counter() - t) / reps,
-            )
+        for n in (int(v) for v in args.gallery_sizes.split(",") if v):
+            _query_bench(n, args.embedding_dim or 1024, args.faiss, args.repeats_query)
 
 
 if __name__ == "__main__":

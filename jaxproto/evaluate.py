@@ -16,30 +16,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 
 from jaxproto import inference
 from jaxproto.common import cli
 from jaxproto.core import logging as log_lib
-from jaxproto.core import parallel
+from jaxproto.core import prediction
 from jaxproto.core.method import Method, State
-from jaxproto.core.trainer import collect_predictions, stream_predictions
-from jaxproto.data import registry
-from jaxproto.data.records import BadSampleReport
 
 log = logging.getLogger("jaxproto.evaluate")
 
 
 def evaluate(config: ml_collections.ConfigDict, method: Method, state: State, split: str) -> dict:
     """Runs ``method.evaluate`` on ``split`` of the configured dataset."""
-    index = registry.load_index(config.data, BadSampleReport(config.data.on_bad_sample))
-    method.index = index
-    records = index.split(split)
-    mesh = parallel.make_mesh(config.mesh)
-    state = jax.device_put(state, parallel.tree_shardings(state, mesh, config.mesh.rules))
-    stream = stream_predictions(method, mesh, state, records, config.train.eval_batch_size)
-    preds = collect_predictions(stream, len(records))
+    preds, records = prediction.predict_split(config, method, state, split)
     return method.evaluate(preds, records)
 
 
@@ -56,13 +46,15 @@ def build_parser() -> cli.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = cli.parse(build_parser(), argv)
+    out = args.out or os.path.join(args.workdir or args.export, "eval", f"{args.split}.json")
+    if args.out:
+        cli.output_file(out)
     log_lib.setup_logging()
     config, method, state = inference.load_for_inference(args.workdir, args.export, args.checkpoint)
     cli.apply_overrides(config, args)
     result = evaluate(config, method, state, args.split)
-    out = args.out or os.path.join(args.workdir or args.export, "eval", f"{args.split}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
+    cli.output_dir(os.path.dirname(os.path.abspath(out)))
+    with cli.atomic_write(out) as f:
         json.dump(result, f, indent=1, default=float)
     sys.stdout.write(method.summarize(result) + "\n")
     log.info("wrote %s", out)

@@ -9,11 +9,13 @@ top prototypes' similarity maps over the image next to the prototype's training 
 draws a reference box, e.g. from BBox_List_2017); CSR, per-concept maps and a before/after report
 for doctor-in-the-loop corrections (``--positive_box``/``--negative_box``, ``--reject_concept``
 by index or name). Boxes are x,y,w,h in the original image's pixels. X-MIR explains retrievals:
-``python -m jaxproto.retrieve query``.
+``python -m jaxproto.retrieve query``. An image that looks out of distribution (see
+``python -m jaxproto.predict``) gets a visible warning at the top of the report.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import sys
@@ -23,20 +25,27 @@ from jaxproto import inference
 from jaxproto.common import cli
 from jaxproto.common.errors import UserError
 from jaxproto.core import logging as log_lib
-from jaxproto.core.method import BoxXYWH, ExplainRequest
+from jaxproto.core import ood, prediction
+from jaxproto.core.method import ExplainRequest
 
 log = logging.getLogger("jaxproto.explain")
 
 
-def parse_box(text: str) -> BoxXYWH:
-    """'x,y,w,h' -> floats, with a clear error."""
-    try:
-        x, y, w, h = (float(p) for p in text.split(","))
-    except ValueError:
-        raise UserError(f"box {text!r}: expected x,y,w,h (four numbers)") from None
-    if w <= 0 or h <= 0:
-        raise UserError(f"box {text!r}: width and height must be positive")
-    return x, y, w, h
+OOD_BANNER = (
+    '<div style="background:#fdd;border:2px solid #c00;padding:1em;font-size:1.2em">'
+    "<b>Warning: this image does not look like the images the model was trained on</b> ({}). "
+    "The probabilities and evidence below are not a diagnosis.</div>"
+)
+
+
+def warn_at_top(page: str, reason: str) -> None:
+    """Puts the out-of-distribution warning first in the report's body."""
+    with open(page) as f:
+        text = f.read()
+    banner = OOD_BANNER.format(html.escape(reason))
+    at = text.find(">", text.find("<body")) + 1 if "<body" in text else 0
+    with cli.atomic_write(page) as f:
+        f.write(text[:at] + banner + text[at:])
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -63,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.isfile(args.image):
         raise UserError(f"--image {args.image}: no such file")
     request_boxes = {
-        name: tuple(parse_box(b) for b in getattr(args, name))
+        name: tuple(cli.parse_box(b, f"--{name}") for b in getattr(args, name))
         for name in ("box", "positive_box", "negative_box")
     }
     log_lib.setup_logging()
@@ -82,6 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         reject_concepts=tuple(args.reject_concept),
     )
     written = method.explain(state, request)
+    kept, preds, _ = prediction.predict_files(method, state, [args.image], 1, skip_bad=False)
+    flags = ood.flags(kept, preds, ood.read_stats(args.export))
+    if not flags["in_distribution"][0] and "html" in written:
+        reason = str(flags["ood_reason"][0])
+        log.warning(
+            "%s looks out of distribution (%s): do not trust this report", args.image, reason
+        )
+        warn_at_top(written["html"], reason)
     log.info("report: %s", written.get("html", out))
     return 0
 

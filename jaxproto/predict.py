@@ -9,6 +9,11 @@ folders (expanded to the PNG, JPEG and DICOM files inside, recursively) and ``.t
 An unreadable image stops the run with its name before anything is written, unless
 ``--skip_bad`` is given: then it is reported (log and ``<out stem>_skipped.json``) and every
 other image is still written.
+
+Foreign input is flagged, not diagnosed: every row has ``in_distribution`` (false for an image
+too small to be a medical image, or whose features are farther from the training set than the
+export's threshold) and, for exports with OOD statistics, ``ood_score`` (Mahalanobis distance;
+see ``python -m jaxproto.export``). ``--reject_ood`` leaves such images out like bad files.
 """
 
 from __future__ import annotations
@@ -20,52 +25,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
 from jaxproto import inference
 from jaxproto.common import cli
-from jaxproto.common.errors import DataError, UserError
+from jaxproto.common.errors import UserError
 from jaxproto.core import logging as log_lib
-from jaxproto.core.logging import Progress
-from jaxproto.core.method import Method, State
+from jaxproto.core import ood, prediction
+from jaxproto.core.method import Method
 from jaxproto.data.images import expand_image_paths
-from jaxproto.data.records import Record
 
 log = logging.getLogger("jaxproto.predict")
-
-
-def predict_files(
-    method: Method, state: State, paths: Sequence[str], batch_size: int, skip_bad: bool
-) -> tuple[list[str], dict[str, np.ndarray], list[tuple[str, str]]]:
-    """(kept paths, stacked predictions, skipped [(path, reason)]) for ``paths``."""
-    predict = jax.jit(method.predict)
-    n_classes = len(method.class_names())
-    kept, skipped, parts = [], [], {}
-    progress = Progress(len(paths), 0, "predict", 1)
-    for start in range(0, len(paths), batch_size):
-        examples, names = [], []
-        for path in paths[start : start + batch_size]:
-            record = Record(os.path.basename(path), path, np.zeros((n_classes,), np.float32))
-            try:
-                examples.append(method.eval_example(record))
-            except (DataError, OSError) as e:
-                if not skip_bad:
-                    raise UserError(f"{path}: {e} (use --skip_bad to skip it)") from None
-                log.warning("skipping %s: %s", path, e)
-                skipped.append((path, str(e)))
-                continue
-            names.append(path)
-        progress.update(min(start + batch_size, len(paths)))
-        if not examples:
-            continue
-        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-        out = jax.device_get(predict(state, batch))
-        for k, v in out.items():
-            parts.setdefault(k, []).append(np.asarray(v))
-        kept.extend(names)
-    progress.close()
-    return kept, {k: np.concatenate(v) for k, v in parts.items()}, skipped
 
 
 def write_outputs(
@@ -74,11 +44,12 @@ def write_outputs(
     paths: Sequence[str],
     preds: dict[str, np.ndarray],
     skipped: Sequence[tuple[str, str]],
+    flags: dict[str, np.ndarray] | None = None,
 ) -> list[str]:
     """Writes the CSV, the method's arrays and the skipped list (each under a temporary name,
     renamed when complete); returns the written files."""
     stem = os.path.splitext(out_csv)[0]
-    columns = method.prediction_columns(preds)
+    columns = {**method.prediction_columns(preds), **(flags or {})}
     with cli.atomic_write(out_csv, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", *columns])
@@ -99,6 +70,8 @@ def write_outputs(
 
 
 def _cell(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
     if isinstance(value, (float, np.floating)):
         return f"{value:.6f}"
     return str(value.item() if isinstance(value, np.generic) else value)
@@ -120,6 +93,11 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument(
         "--skip_bad", action="store_true", help="skip unreadable images instead of stopping"
     )
+    parser.add_argument(
+        "--reject_ood",
+        action="store_true",
+        help="leave out-of-distribution images out (listed in <out stem>_skipped.json)",
+    )
     return parser
 
 
@@ -131,10 +109,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = expand_image_paths(args.images)
     log_lib.setup_logging()
     _, method, state = inference.load_for_inference(args.workdir, args.export)
-    kept, preds, skipped = predict_files(method, state, paths, args.batch_size, args.skip_bad)
+    kept, preds, skipped = prediction.predict_files(
+        method, state, paths, args.batch_size, args.skip_bad
+    )
     if not kept:
         raise UserError(f"none of the {len(paths)} images could be read")
-    for path in write_outputs(args.out, method, kept, preds, skipped):
+    flags = ood.flags(kept, preds, ood.read_stats(args.export))
+    if not flags["in_distribution"].all():
+        log.warning(
+            "%d of %d images look out of distribution (in_distribution=false)",
+            int((~flags["in_distribution"]).sum()),
+            len(kept),
+        )
+    if args.reject_ood:
+        keep = flags["in_distribution"]
+        skipped += [
+            (p, f"out of distribution: {r}")
+            for p, r, k in zip(kept, flags["ood_reason"], keep, strict=True)
+            if not k
+        ]
+        kept = [p for p, k in zip(kept, keep, strict=True) if k]
+        preds = {k: v[keep] for k, v in preds.items()}
+        flags = {k: v[keep] for k, v in flags.items()}
+        if not kept:
+            raise UserError(f"all {len(keep)} readable images are out of distribution")
+    for path in write_outputs(args.out, method, kept, preds, skipped, flags):
         log.info("wrote %s", path)
     if skipped:
         log.warning(

@@ -191,6 +191,17 @@ def exclusive_source(parser: argparse.ArgumentParser, required: bool = True) -> 
     group.add_argument("--export", help="export folder (python -m jaxproto.export)")
 
 
+def parse_box(text: str, flag: str = "--box") -> tuple[float, float, float, float]:
+    """'x,y,w,h' (image pixels) -> four floats, or a UserError naming the flag."""
+    try:
+        x, y, w, h = (float(t) for t in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected x,y,w,h (four numbers)") from None
+    if w <= 0 or h <= 0:
+        raise UserError(f"{flag} {text!r}: width and height must be positive")
+    return x, y, w, h
+
+
 def output_file(path: str, flag: str = "--out") -> str:
     """Checks, before any work, that ``path`` can be written as a file: not a folder, its
     folder exists (or is created now) and is writable. Returns ``path``."""

@@ -32,6 +32,9 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
         self.workdir = os.path.abspath(workdir)
+        if jax.process_index() == 0:
+            for sub in ("ckpt", "best"):
+                quarantine_damaged(os.path.join(self.workdir, sub))
         # Distinct barrier prefixes: orbax names its multi-process "async write complete"
         # barrier after the step, so a best and a latest save of the same step (the end of a
         # phase) would otherwise collide across processes.
@@ -99,7 +102,14 @@ class Checkpointer:
         }
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-        out = mngr.restore(step, args=ocp.args.Composite(**items))
+        try:
+            out = mngr.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # TensorStore/orbax errors on damaged files
+            where = os.path.join(str(mngr.directory), str(step))
+            raise CheckpointError(
+                f"checkpoint {where} is damaged ({_first_line(e)}); rename it to "
+                f"{step}.damaged to resume from the step before"
+            ) from None
         return out["state"], dict(out["meta"])
 
     def wait(self) -> None:
@@ -132,30 +142,107 @@ class IncompleteWorkdir(CheckpointError, FileNotFoundError):
     """The workdir lacks a file or checkpoint that inference needs."""
 
 
+# Files every finished step folder holds (orbax: the step's and each item's metadata).
+REQUIRED_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def step_problem(step_dir: str) -> str | None:
+    """Why a step folder is not a complete checkpoint (a missing file), or None."""
+    for name in REQUIRED_FILES:
+        if not os.path.isfile(os.path.join(step_dir, name)):
+            return f"{name} is missing"
+    data = os.path.join(step_dir, "state", "d")
+    if os.path.isdir(data) and not os.listdir(data):
+        return "state/d is empty"
+    return None
+
+
+def _steps(path: str) -> list[int]:
+    """Step numbers under ``path``, newest first."""
+    if not os.path.isdir(path):
+        return []
+    return sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True)
+
+
+def quarantine_damaged(path: str) -> list[int]:
+    """Renames half-written or half-deleted step folders under ``path`` to ``<step>.damaged``
+    (kept, not deleted; orbax ignores them), so a resume starts from the newest intact step.
+    Returns the damaged steps."""
+    damaged = []
+    for step in _steps(path):
+        problem = step_problem(os.path.join(path, str(step)))
+        if problem is None:
+            continue
+        target = os.path.join(path, f"{step}.damaged")
+        n = 1
+        while os.path.exists(target):
+            target, n = os.path.join(path, f"{step}.damaged{n}"), n + 1
+        os.rename(os.path.join(path, str(step)), target)
+        intact = [s for s in _steps(path) if step_problem(os.path.join(path, str(s))) is None]
+        log.warning(
+            "checkpoint %s/%d is damaged (%s): moved to %s; %s",
+            path,
+            step,
+            problem,
+            os.path.basename(target),
+            f"the newest intact step is {intact[0]}" if intact else "no intact step is left",
+        )
+        damaged.append(step)
+    return damaged
+
+
 def _has_steps(path: str) -> bool:
-    return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+    return bool(_steps(path))
+
+
+def _restore_newest_intact(path: str, problems: list[str]) -> tuple[dict, int] | None:
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    mngr = ocp.CheckpointManager(path, item_names=("state", "data_iter", "meta"))
+    try:
+        for step in _steps(path):
+            where = os.path.join(path, str(step))
+            problem = step_problem(where)
+            if problem is None:
+                try:
+                    restored = mngr.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(fallback_sharding=local)
+                        ),
+                    )
+                    if problems:
+                        log.warning("damaged: %s; using %s", "; ".join(problems), where)
+                    return restored["state"], step
+                except Exception as e:  # TensorStore/orbax errors on damaged files
+                    problem = _first_line(e)
+            problems.append(f"{where} ({problem})")
+            log.warning("checkpoint %s is damaged (%s); trying the step before", where, problem)
+    finally:
+        mngr.close()
+    return None
 
 
 def restore_for_inference(workdir: str, which: str = "best") -> tuple[dict, int]:
     """({"params", "batch_stats", "extra"} on this process's first device, step) from the
     workdir's "best" checkpoint (the latest when no best was tracked) or its "latest" one,
-    whatever mesh or number of processes wrote it."""
-    sub = {"best": "best", "latest": "ckpt"}[which]
+    whatever mesh or number of processes wrote it. A damaged step is reported and the newest
+    intact one (of best/, then ckpt/) is used; CheckpointError when none is intact."""
     root = os.path.abspath(workdir)  # orbax only opens absolute paths
-    path = os.path.join(root, sub)
-    if which == "best" and not _has_steps(path):
-        path = os.path.join(root, "ckpt")
-    if not _has_steps(path):
+    subs = ("best", "ckpt") if which == "best" else ("ckpt",)
+    candidates = [os.path.join(root, s) for s in subs if _has_steps(os.path.join(root, s))]
+    if not candidates:
         raise IncompleteWorkdir(
             f"{workdir}: no finished checkpoint under ckpt/ or best/ (did training save one?)"
         )
-    mngr = ocp.CheckpointManager(path, item_names=("state", "data_iter", "meta"))
-    step = mngr.latest_step()
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=local)),
-    )
-    mngr.close()
-    state = restored["state"]
-    return {k: state.get(k, {}) for k in INFERENCE_KEYS}, step
+    problems: list[str] = []
+    for path in candidates:
+        found = _restore_newest_intact(path, problems)
+        if found is not None:
+            state, step = found
+            return {k: state.get(k, {}) for k in INFERENCE_KEYS}, step
+    raise CheckpointError(f"{workdir}: no intact checkpoint; damaged: {'; '.join(problems)}")

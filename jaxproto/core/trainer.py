@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxproto.common import config as config_lib
 from jaxproto.core import checkpoint as ckpt_lib
 from jaxproto.core import logging as log_lib
 from jaxproto.core import parallel
@@ -203,6 +202,8 @@ class Trainer:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             worker_count=int(self.config.train.worker_count),
+            records=self.train_records,
+            report=self.report,
         )
 
     # ------------------------------------------------------------------ eval
@@ -238,6 +239,11 @@ class Trainer:
         return self.method.evaluate(preds, records)
 
     # ------------------------------------------------------------------ loop
+    @property
+    def preempted(self) -> bool:
+        """True when SIGTERM stopped the run (a checkpoint was saved; rerun to resume)."""
+        return self._stop_requested
+
     def _install_sigterm(self):
         def handler(signum, frame):
             log.warning("SIGTERM received: saving a checkpoint and stopping")
@@ -261,7 +267,7 @@ class Trainer:
         cfg = self.config
         log_lib.setup_logging(self.workdir)
         if self.is_main:
-            config_lib.save_config(cfg, self.workdir)
+            workdir_lib.record_config(self.workdir, cfg)  # never overwrites config.json
             workdir_lib.write_dataset_meta(self.workdir, workdir_lib.dataset_meta(self.index))
             self.report.write(self.workdir)
         self.writer = log_lib.MetricWriter(self.workdir)
@@ -296,7 +302,11 @@ class Trainer:
         try:
             while phase_index < len(self.phases):
                 phase = self.phases[phase_index]
-                stream = self.train_stream(phase_index)
+                # Global batches placed on the devices one step ahead; checkpoints the stream.
+                stream = pipeline.Prefetch(
+                    self.train_stream(phase_index),
+                    lambda local: parallel.global_batch(local, self.mesh),
+                )
                 if state is None:
                     same_layout = step_in_phase > 0 and ckpt.has_data_iter(resume_step)
                     state, _ = ckpt.restore(
@@ -370,7 +380,7 @@ class Trainer:
                         step, state, self._meta(phase_index, step_in_phase, best), data_iter=stream
                     )
                     return state, step_in_phase, best, True
-                batch = parallel.global_batch(next(stream), self.mesh)
+                batch = next(stream)
                 state, metrics = step_fn(state, batch)
                 step, step_in_phase = step + 1, step_in_phase + 1
                 if pending is not None:

@@ -247,9 +247,9 @@ class Prefetch(grain.DatasetIterator):
     batches placed ahead."""
 
     def __init__(self, parent: grain.DatasetIterator, place: Callable[[Any], Any], size: int = 2):
+        super().__init__(parent)
         if size < 1:
             raise ValueError(f"Prefetch size must be >= 1, got {size}")
-        super().__init__(parent)
         self._place, self._size = place, size
         self._queue: collections.deque = collections.deque()
         self._state = parent.get_state()

@@ -14,7 +14,7 @@ import pytest
 from jaxproto import inference, predict
 from jaxproto.common import cli
 from jaxproto.common import config as config_lib
-from jaxproto.core import workdir
+from jaxproto.core import prediction, workdir
 from jaxproto.core.trainer import collect_predictions, stream_predictions
 from jaxproto.data.images import load_image
 from jaxproto.methods import build_trainer
@@ -65,7 +65,7 @@ def test_export_then_predict_matches_workdir_evaluation(trained):
     )
     _, method_e, state_e = inference.load_for_inference(export=str(trained["export"]))
     paths = [str(trained["images"] / f"{r.image_id}.png") for r in records]
-    kept, preds, skipped = predict.predict_files(
+    kept, preds, skipped = prediction.predict_files(
         method_e, state_e, paths, batch_size=2, skip_bad=False
     )
     assert kept == paths and not skipped

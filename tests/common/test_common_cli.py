@@ -171,3 +171,11 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with cli.atomic_write(str(path)) as f:
         f.write("new")
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_parse_box_names_the_flag():
+    assert cli.parse_box("1,2.5,3,4") == (1.0, 2.5, 3.0, 4.0)
+    with pytest.raises(UserError, match=r"--negative_box '1,2,3': expected x,y,w,h"):
+        cli.parse_box("1,2,3", "--negative_box")
+    with pytest.raises(UserError, match="width and height must be positive"):
+        cli.parse_box("0,0,0,5")

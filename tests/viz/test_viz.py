@@ -12,6 +12,15 @@ from PIL import Image
 from jaxproto.data.records import Box
 from jaxproto.viz import atlas, overlays, plots, report
 
+HEADER = report.Header(
+    model="CIPL, resnet_tiny",
+    model_id="export sha256 0123",
+    source="exports/x",
+    input="x.png",
+    protocol="best-F1 thresholds on the val split",
+    date="2026-01-01 00:00:00Z",
+)
+
 
 def _image(h=64, w=80, seed=0):
     return np.random.default_rng(seed).integers(60, 200, (h, w, 3), dtype=np.uint8)
@@ -125,8 +134,20 @@ def test_report_escapes_text_and_links_existing_images(tmp_path):
                 ]
             },
         ],
+        HEADER,
+        warnings=["out of distribution <maybe>"],
     )
     page = open(path, encoding="utf-8").read()
+    twin = json.load(open(tmp_path / "report.json"))
+    assert (
+        twin["header"]["model id"] == "export sha256 0123" and twin["title"] == "Patient <01> & co"
+    )
+    assert twin["warnings"] == ["out of distribution <maybe>"]
+    assert [f["image"] for f in twin["sections"][2]["figures"]] == ["figs/a.png", "b.png"]
+    assert (
+        "best-F1 thresholds on the val split" in page
+        and "out of distribution &lt;maybe&gt;" in page
+    )
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "Patient &lt;01&gt; &amp; co" in page and "Effusion &lt;L&gt;" in page
     assert "prototype &quot;3&quot;" in page and "0.9123" in page and "n/a" in page
@@ -136,12 +157,52 @@ def test_report_escapes_text_and_links_existing_images(tmp_path):
     assert all(os.path.isfile(tmp_path / s) for s in srcs)
     with pytest.raises(ValueError, match="does not exist"):
         report.write_html_report(
-            str(tmp_path / "r2.html"), "t", [{"figures": [{"image": "x.png"}]}]
+            str(tmp_path / "r2.html"), "t", [{"figures": [{"image": "x.png"}]}], HEADER
+        )
+    with pytest.raises(ValueError, match="not a local file"):
+        report.write_html_report(
+            str(tmp_path / "r2.html"), "t", [{"figures": [{"image": "http://x/a.png"}]}], HEADER
         )
     with pytest.raises(ValueError, match="unknown keys"):
-        report.write_html_report(str(tmp_path / "r3.html"), "t", [{"txt": "typo"}])
+        report.write_html_report(str(tmp_path / "r3.html"), "t", [{"txt": "typo"}], HEADER)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        report.write_html_report(str(tmp_path / "r4.html"), "t", [{"probabilities": {"a": 1.5}}])
+        report.write_html_report(
+            str(tmp_path / "r4.html"), "t", [{"probabilities": {"a": 1.5}}], HEADER
+        )
+
+
+def test_page_shows_decisions_thresholds_colour_bar_and_alt_text(tmp_path):
+    overlays.save_png(str(tmp_path / "a.png"), _image())
+    rows = [
+        {"class": "Mass", "probability": 0.7, "threshold": 0.42, "decision": True},
+        {"class": "Nodule", "probability": 0.1, "threshold": 0.3, "decision": False},
+        {"class": "Effusion", "probability": 0.2, "threshold": None, "decision": None},
+    ]
+    fig = {
+        "image": "a.png",
+        "caption": "p3",
+        "alt": "prototype p3 of Mass",
+        "colorbar": {"label": "similarity", "min": 0.25, "max": 0.75},
+    }
+    path = report.write_html_report(
+        str(tmp_path / "r.html"),
+        "t",
+        [{"decisions": rows}, {"figures": [fig, fig], "columns": 2}],
+        HEADER,
+    )
+    page = open(path, encoding="utf-8").read()
+    body = re.search(r"<tbody>(.*?)</tbody>", page).group(1)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", body)]
+    assert [(c[0], c[3], c[4]) for c in cells] == [
+        ("Mass", "0.42", "positive"),
+        ("Nodule", "0.3", "negative"),
+        ("Effusion", "n/a", "n/a"),
+    ]
+    assert page.count('alt="prototype p3 of Mass"') == 2
+    assert page.count("<span>0.25</span><span>0.5</span><span>0.75</span>") == 2
+    assert "similarity (JET: blue = low, red = high)" in page
+    assert "grid-template-columns:repeat(2," in page
+    assert "http" not in page.replace("http-equiv", "")  # no external resource
 
 
 def test_atlas_groups_by_class_and_writes_json(tmp_path):
@@ -173,7 +234,9 @@ def test_atlas_groups_by_class_and_writes_json(tmp_path):
             "image": "protos/1.png",
         },
     ]
-    json_path, html_path = atlas.write_atlas(str(tmp_path), entries, title="Atlas")
+    overlays.save_png(str(tmp_path / "protos" / "2c.png"), _image(seed=5))
+    entries[0]["contour_image"] = "protos/2c.png"
+    json_path, html_path = atlas.write_atlas(str(tmp_path), entries, HEADER, title="Atlas")
     data = json.load(open(json_path))
     assert data["classes"] == ["Mass", "Effusion & more"] and data["num_prototypes"] == 3
     assert [e["prototype_id"] for e in data["entries"]] == [1, 2, 0]
@@ -183,12 +246,50 @@ def test_atlas_groups_by_class_and_writes_json(tmp_path):
     assert len(anchors) == 2 and all(f'href="#{a}"' in page for a in anchors)
     assert "&lt;img_c&gt;" in page and "Effusion &amp; more" in page and "hit count" in page
     assert page.index('id="prototype-1"') < page.index('id="prototype-2"')
+    assert (
+        '<img src="protos/2c.png" alt="prototype 2 of Mass: contour, training image img_b"' in page
+    )
+    assert data["header"]["model"] == "CIPL, resnet_tiny"
     with pytest.raises(ValueError, match="missing keys"):
-        atlas.write_atlas(str(tmp_path), [{"prototype_id": 0}])
+        atlas.write_atlas(str(tmp_path), [{"prototype_id": 0}], HEADER)
     with pytest.raises(ValueError, match="repeat"):
-        atlas.write_atlas(str(tmp_path), [entries[0], entries[0]])
+        atlas.write_atlas(str(tmp_path), [entries[0], entries[0]], HEADER)
     with pytest.raises(ValueError, match="inside the atlas folder"):
-        atlas.write_atlas(str(tmp_path), [{**entries[0], "image": "../x.png"}])
+        atlas.write_atlas(str(tmp_path), [{**entries[0], "image": "../x.png"}], HEADER)
+    with pytest.raises(ValueError, match="contour_image file"):
+        atlas.write_atlas(str(tmp_path), [{**entries[0], "contour_image": "nope.png"}], HEADER)
+
+
+def test_colorbar_ramp_ticks_and_relative_spread():
+    panel = np.zeros((40, 330, 3), np.uint8)
+    out = overlays.with_colorbar(panel, "saliency", 0.0, 1.0, pad=12)
+    assert out.shape[1] == 330 and out.shape[0] > 40 and np.array_equal(out[:40], panel)
+    ramp_row = out[40 + 12 + 2, 12 : 330 - 12].astype(int)
+    want = cv2.applyColorMap(
+        np.round(np.linspace(0, 1, 330 - 24) * 255).astype(np.uint8)[None], cv2.COLORMAP_JET
+    )[0, :, ::-1]
+    assert np.abs(ramp_row - want).max() <= 1  # left = low (blue), right = high (red)
+    assert overlays.relative_spread(np.full((4, 4), 3.0)) == 0.0
+    assert overlays.relative_spread(np.zeros((4, 4))) == 0.0
+    m = np.array([[1.0, 1.01], [1.0, 1.0]])
+    assert abs(overlays.relative_spread(m) - 0.01 / 1.01) < 1e-12
+    assert overlays.for_display(np.zeros((32, 64, 3), np.uint8)).shape == (320, 640, 3)
+    assert overlays.for_display(np.zeros((400, 500, 3), np.uint8)).shape == (400, 500, 3)
+
+
+def test_high_activation_box_is_the_95th_percentile_region():
+    heat = np.zeros((8, 8), np.float32)
+    heat[2:4, 5:7] = 1.0  # 4 of 64 cells: above the 95th percentile
+    x, y, w, h = overlays.high_activation_box(heat, (64, 64))
+    up = cv2.resize(heat, (64, 64), interpolation=cv2.INTER_LINEAR)
+    rows, cols = np.nonzero(up >= np.percentile(up, 95))
+    assert (x, y, w, h) == (
+        cols.min(),
+        rows.min(),
+        cols.max() + 1 - cols.min(),
+        rows.max() + 1 - rows.min(),
+    )
+    assert 36 <= x < 48 and 12 <= y < 24
 
 
 def test_nice_ticks():

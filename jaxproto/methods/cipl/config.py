@@ -12,6 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxproto.common import config as common
+from jaxproto.data.registry import default_data_config
 
 # cipl.md §3.3: hard-coded sampler weights (Pneumonia 100, Hernia 150; No Finding base weight,
 # multiplied by data.background_weight_single / _pairs).
@@ -45,10 +46,8 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     arg = common.parse_arg(arg, synthetic=False, backbone="", image_size=0, prototypes_per_class=0)
     if dataset == "odir" and not arg.synthetic and not arg.image_size:
         arg.image_size = 640  # cipl.md §5: 20 x 20 feature grid
-    c = _base(arg, dataset if arg.synthetic else "", common.train_block())
+    c = _base(arg, dataset, common.train_block())
     if not arg.synthetic:
-        c.data.name = dataset
-        c.data.root = ""
         if dataset == "chestxray14":
             c.data.class_weights = CHESTXRAY14_CLASS_WEIGHTS
         else:
@@ -64,12 +63,13 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
 
 
 def _base(
-    arg: ml_collections.ConfigDict, like: str, train: ml_collections.ConfigDict
+    arg: ml_collections.ConfigDict, dataset: str, train: ml_collections.ConfigDict
 ) -> ml_collections.ConfigDict:
-    """CIPL config without the mesh/distributed blocks; ``like`` non-empty selects the synthetic
-    dataset mimicking ``like``; ``train`` is ``common.train_block()``, completed with CIPL's
+    """CIPL config without the mesh/distributed blocks; ``arg.synthetic`` selects the synthetic
+    dataset mimicking ``dataset``; ``train`` is ``common.train_block()``, completed with CIPL's
     schedule."""
-    synthetic = bool(like)
+    synthetic = bool(arg.synthetic)
+    like = dataset if synthetic else ""
     c = ml_collections.ConfigDict()
     c.method = "cipl"
 
@@ -90,18 +90,12 @@ def _base(
     c.model.ema_momentum = 0.999
     c.model.predict_similarity_maps = False
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "synthetic" if synthetic else ""
-    c.data.root = ""
+    c.data = default_data_config("synthetic" if synthetic else dataset)  # + the loader's keys
     c.data.image_size = c.model.get_ref("image_size")
-    c.data.on_bad_sample = "error"
-    c.data.val_fraction = 0.0
-    c.data.seed = 0
     c.data.like = like
     c.data.num_train = 960 if synthetic else 0
     c.data.num_test = 200 if synthetic else 0
     c.data.num_val = 0
-    c.data.prepared = ""
     c.data.class_weights = []  # empty = total positives / class count (cipl.md §3.3)
     c.data.background_weight_single = 2.0  # background weight multiplier, warm-up loader
     c.data.background_weight_pairs = 3.0  # and main/last-layer loader

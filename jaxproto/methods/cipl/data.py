@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -188,6 +189,21 @@ def affine_matrix(
     return np.concatenate([rss, t[:, None]], axis=1).astype(np.float32)
 
 
+class Affine(NamedTuple):
+    """torchvision RandomAffine ranges: rotation ±degrees, translation ±translate of the size,
+    scale range, shear ±shear degrees on both axes."""
+
+    degrees: float
+    translate: float
+    scale: tuple[float, float]
+    shear: float
+
+
+# cipl.md §3.4 chest X-ray values (the config's data.augment.{single,pair}_* defaults).
+SINGLE_AFFINE = Affine(30.0, 0.3, (0.8, 1.2), 25.0)
+PAIR_AFFINE = Affine(45.0, 0.3, (0.7, 1.3), 40.0)
+
+
 def random_affine(
     img: np.ndarray,
     rng: np.random.Generator,
@@ -223,15 +239,11 @@ class CiplTrainTransform:
         size: int,
         crop_scale: tuple[float, float] = (0.65, 1.0),
         crop_ratio: tuple[float, float] = (0.65, 1.35),
-        degrees: float = 30.0,
-        translate: float = 0.3,
-        scale: tuple[float, float] = (0.8, 1.2),
-        shear: float = 25.0,
+        affine: Affine = SINGLE_AFFINE,
         elastic_grayscale: bool = True,
     ):
         self.size, self.crop_scale, self.crop_ratio = size, crop_scale, crop_ratio
-        self.affine = (degrees, translate, scale, shear)
-        self.elastic_grayscale = elastic_grayscale
+        self.affine, self.elastic_grayscale = Affine(*affine), elastic_grayscale
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         img = cipl_rand_augment(transforms.check_image(img), rng, self.elastic_grayscale)
@@ -256,17 +268,13 @@ class CiplPairViewTransform:
         pad: int | None = None,
         crop_scale: tuple[float, float] = (0.5, 1.0),
         crop_ratio: tuple[float, float] = (0.5, 2.0),
-        degrees: float = 45.0,
-        translate: float = 0.3,
-        scale: tuple[float, float] = (0.7, 1.3),
-        shear: float = 40.0,
+        affine: Affine = PAIR_AFFINE,
         elastic_grayscale: bool = True,
     ):
         self.size = size
         self.big = size + (size // 16 if pad is None else pad)
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
-        self.affine = (degrees, translate, scale, shear)
-        self.elastic_grayscale = elastic_grayscale
+        self.affine, self.elastic_grayscale = Affine(*affine), elastic_grayscale
 
     def geometric(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The shared part, at ``size + pad``."""

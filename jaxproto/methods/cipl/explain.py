@@ -112,7 +112,10 @@ def _decision_rows(method, probs: dict[str, float]) -> list[dict]:
 
 
 def _source_panel(atlas_dir: str, entry: dict) -> tuple[np.ndarray, str]:
-    image = load_image(os.path.join(atlas_dir, entry.get("source_image", entry["image"])))
+    source = os.path.join(atlas_dir, entry.get("source_image") or entry["image"])
+    if not os.path.isfile(source):  # an atlas from before the source panels
+        source = os.path.join(atlas_dir, entry["image"])
+    image = load_image(source)
     labels = ", ".join(entry.get("source_labels", [])) or "no labels recorded"
     title = (
         f"prototype p{entry['prototype_id']} of {entry['class_name']}, from training image "
@@ -255,12 +258,16 @@ def explain(
                 "figure": fname,
             }
             items.append(item)
+            what = f"looks like {titles[1]}" if len(titles) > 1 else f"prototype p{j} (no atlas)"
+            caption = (
+                f"#{rank + 1}: this image {what}. Similarity {sims[r]:.3f} x weight "
+                f"{weights[j, k]:.3f}. Yellow: the 95th-percentile region; green: the reference "
+                "box."
+            )
             figures.append(
                 {
                     "image": fname,
-                    "caption": f"#{rank + 1} prototype p{j}: similarity {sims[r]:.3f} x weight "
-                    f"{weights[j, k]:.3f}. Yellow: the 95th-percentile region; green: the "
-                    "reference box.",
+                    "caption": caption,
                     "alt": f"{names[k]} evidence #{rank + 1}: " + "; next to it: ".join(titles),
                     "colorbar": {"label": label, "min": lo, "max": hi},
                     "wide": True,

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxproto.core.metrics import map_ious, pointing_hits
 from jaxproto.data.records import Record
+from jaxproto.viz.overlays import upsample_map
 
 
 def scaled_boxes(
@@ -58,8 +59,6 @@ def localization_metrics(
     >= threshold * max, "minmax" pixels >= min + threshold * (max - min). ``grid`` is
     `jaxproto.viz.overlays.upsample_map`'s (None stretches the maps).
     """
-    from jaxproto.viz.overlays import upsample_map
-
     if pointing_tolerance < 0:
         raise ValueError(f"pointing tolerance must be >= 0, got {pointing_tolerance}")
     maps, boxes, grown = [], [], []

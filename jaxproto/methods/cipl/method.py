@@ -103,6 +103,16 @@ def feature_grid(config: ml_collections.ConfigDict) -> tuple[float, float] | Non
     return float(backbone_stride(m.backbone, tap)), tap_centre(m.backbone, tap)
 
 
+def _affine(aug: ml_collections.ConfigDict, prefix: str) -> data.Affine:
+    """``data.augment.<prefix>_{degrees,translate,scale,shear}`` (prefix "single" or "pair")."""
+    return data.Affine(
+        float(aug[f"{prefix}_degrees"]),
+        float(aug[f"{prefix}_translate"]),
+        tuple(aug[f"{prefix}_scale"]),
+        float(aug[f"{prefix}_shear"]),
+    )
+
+
 def _pretrain_epochs(config: ml_collections.ConfigDict) -> int:
     epochs = int(config.train.get("pretrain_epochs", 0))
     if epochs < 0:
@@ -296,18 +306,14 @@ class CiplMethod(Method):
                 f"data.augment.policy must be 'official' or 'light', got {aug.policy!r}"
             )
         light = aug.get("policy", "official") == "light"
+        gray = bool(aug.elastic_grayscale)
         if phase.data == "single":
             w = self._image_weights(labels, float(d.background_weight_single))
             tf = (
                 data.LightTrainTransform(size)
                 if light
                 else data.CiplTrainTransform(
-                    size,
-                    degrees=aug.single_degrees,
-                    translate=aug.single_translate,
-                    scale=tuple(aug.single_scale),
-                    shear=aug.single_shear,
-                    elastic_grayscale=bool(aug.elastic_grayscale),
+                    size, affine=_affine(aug, "single"), elastic_grayscale=gray
                 )
             )
             return samplers.WeightedSampler(w, len(records), seed), data.SingleExample(records, tf)
@@ -319,11 +325,8 @@ class CiplMethod(Method):
                 else data.CiplPairViewTransform(
                     size,
                     pad=int(aug.pair_pad) or None,
-                    degrees=aug.pair_degrees,
-                    translate=aug.pair_translate,
-                    scale=tuple(aug.pair_scale),
-                    shear=aug.pair_shear,
-                    elastic_grayscale=bool(aug.elastic_grayscale),
+                    affine=_affine(aug, "pair"),
+                    elastic_grayscale=gray,
                 )
             )
             return data.PairSampler(labels, seed, weights=w), data.PairExample(records, tf)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxproto.backbones import backbone_channels, build_backbone, get_spec
 from jaxproto.backbones.layers import (
     kaiming_normal_fan_in,
     kaiming_normal_fan_out,
@@ -131,8 +132,6 @@ def build_model(
 ) -> CiplNet:
     """CiplNet from ``config.model`` (backbone name, prototypes per class, proto dim, BN mode);
     ``pretrain_head`` adds the GAP linear head of the in-domain pretraining phase."""
-    from jaxproto.backbones import backbone_channels, build_backbone, get_spec
-
     if model_cfg.prototypes_per_class < 1:
         raise ValueError(
             f"model.prototypes_per_class must be >= 1, got {model_cfg.prototypes_per_class}"

@@ -44,8 +44,9 @@ def _gather(tree):
 
 
 class Stream(Protocol):
-    """The trainer's prediction stream (``core.trainer.stream_predictions`` bound to a method
-    and mesh): ``predict_fn`` over ``records`` in order, yielding (record indices, outputs)."""
+    """The trainer's prediction stream (``HookContext.stream_predictions``, or
+    ``trainer_stream`` outside training): ``predict_fn`` over ``records`` in order, yielding
+    (record indices, outputs)."""
 
     def __call__(
         self,
@@ -57,7 +58,7 @@ class Stream(Protocol):
 
 
 def trainer_stream(method, mesh: jax.sharding.Mesh, worker_count: int = 0) -> Stream:
-    """``core.trainer.stream_predictions`` for ``method`` on ``mesh``."""
+    """``core.trainer.stream_predictions`` for ``method`` on ``mesh`` (tests, benchmarks)."""
 
     def stream(state, records, batch_size, predict_fn):
         return trainer.stream_predictions(
@@ -306,8 +307,13 @@ def push_hook(ctx: HookContext, state: State, *, method, epoch: int) -> State:
     """Phase ``after`` hook: push on the training split, artefacts in <workdir>/push/<epoch>/."""
     out_dir = os.path.join(ctx.workdir, "push", str(epoch))
     log.info("push at epoch %d -> %s", epoch, out_dir)
-    stream = trainer_stream(method, ctx.mesh, int(ctx.config.train.worker_count))
     state, _ = push_prototypes(
-        method, state, ctx.index.split("train"), stream, ctx.mesh, out_dir, ctx.is_main_process
+        method,
+        state,
+        ctx.index.split("train"),
+        ctx.stream_predictions,
+        ctx.mesh,
+        out_dir,
+        ctx.is_main_process,
     )
     return state

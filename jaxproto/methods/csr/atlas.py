@@ -15,7 +15,8 @@ import numpy as np
 from jaxproto.data.images import load_image
 from jaxproto.data.records import Record
 from jaxproto.viz.atlas import write_atlas
-from jaxproto.viz.overlays import save_png
+from jaxproto.viz.overlays import DISPLAY_MIN, save_png
+from jaxproto.viz.report import Header
 
 ATLAS_KEYS = ("atlas_index", "atlas_score", "hit_count")
 
@@ -91,10 +92,9 @@ def write_prototype_atlas(
                 continue
             if i not in written:
                 rel = os.path.join("images", f"train_{i:06d}.png")
+                shown = max(image_size, DISPLAY_MIN)
                 img = cv2.resize(
-                    load_image(records[i].path),
-                    (image_size, image_size),
-                    interpolation=cv2.INTER_AREA,
+                    load_image(records[i].path), (shown, shown), interpolation=cv2.INTER_AREA
                 )
                 save_png(os.path.join(out_dir, rel), img)
                 written[i] = rel
@@ -111,4 +111,13 @@ def write_prototype_atlas(
             )
     if not entries:
         raise ValueError("no prototype could be linked to a training image (no concept present)")
-    return write_atlas(out_dir, entries, title="CSR prototype atlas")
+    header = Header(
+        model="CSR",
+        model_id="training workdir (stage-2 atlas)",
+        source=os.path.dirname(os.path.abspath(out_dir)),
+        input="the training split: for each prototype the image with the most similar "
+        "projected concept vector (csr.md §6, Eq. 11)",
+        protocol=f"eval transform at {image_size} px; cosine similarity; hit count = training "
+        "vectors whose nearest same-concept prototype it is",
+    )
+    return write_atlas(out_dir, entries, header, title="CSR prototype atlas")

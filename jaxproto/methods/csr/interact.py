@@ -31,7 +31,7 @@ from jaxproto.data.images import load_image
 from jaxproto.data.records import Box
 from jaxproto.methods.csr.model import CLIP_MODES, CsrModel, pool_scores
 from jaxproto.viz import overlays
-from jaxproto.viz.report import write_html_report
+from jaxproto.viz.report import Header, write_html_report
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,68 @@ def is_indecisive(probs: np.ndarray, threshold: float = 0.3) -> np.ndarray:
     return (top[..., -1] - top[..., -2]) < threshold
 
 
+def _page_header(method, image: str | np.ndarray) -> Header:
+    prov = method.provenance or {}
+    thr = method.thresholds
+    protocol = (
+        f"decisions at per-class operating thresholds ({thr.get('criterion', 'best F1')}, "
+        f"one-vs-rest on the softmax) chosen on the {thr.get('split', '?')} split"
+        if thr
+        else "no operating thresholds saved with this model: no decisions"
+    )
+    m = method.config.model
+    return Header(
+        model=f"CSR, {m.backbone}",
+        model_id=prov.get("id", "unknown"),
+        source=prov.get("source", "unknown"),
+        input=os.path.abspath(image) if isinstance(image, str) else "an in-memory image",
+        protocol=f"{protocol}; prediction = arg-max class; alpha = {float(m.alpha):g}, "
+        f"clip_negative = {m.clip_negative}, interaction grid = {m.interaction_grid}",
+    )
+
+
+def _page_warnings(method, result: dict) -> list[str]:
+    warnings = []
+    if not method.thresholds:
+        warnings.append(
+            "this model was saved without operating thresholds: probabilities are shown, "
+            "per-class decisions are not"
+        )
+    if result["indecisive_before"]:
+        warnings.append(
+            "indecisive prediction: the two most probable classes differ by less than 0.3 "
+            "(a case for doctor-in-the-loop correction)"
+        )
+    return warnings
+
+
+def _page_sections(result: dict, figures: dict, interactive: bool) -> list[dict]:
+    after = "after interaction" if interactive else "(no interaction requested)"
+    return [
+        {
+            "heading": "Input",
+            "text": "green: positive boxes (look here), red: negative boxes (ignore here)",
+            "figures": [
+                {
+                    "image": "input.png",
+                    "caption": "this image, with the doctor's boxes",
+                    "alt": "the input image with the positive and negative boxes",
+                }
+            ],
+        },
+        {
+            "heading": f"Decisions: predicted {result['prediction_before']}",
+            "decisions": result["decisions_before"],
+        },
+        {
+            "heading": f"Decisions {after}: predicted {result['prediction_after']}",
+            "decisions": result["decisions_after"],
+        },
+        {"heading": "Concept maps before interaction", "figures": figures["before"]},
+        {"heading": f"Concept maps {after}", "figures": figures["after"]},
+    ]
+
+
 def explain_image(
     method,
     state: dict,
@@ -236,9 +298,15 @@ def explain_image(
     after = session.predict(a, rej)
 
     os.makedirs(out_dir, exist_ok=True)
-    shown = cv2.resize(raw, (size, size), interpolation=cv2.INTER_AREA)
-    annotated = overlays.draw_boxes(shown, pos, (0, 200, 0)) if pos else shown
-    annotated = overlays.draw_boxes(annotated, neg, (220, 0, 0)) if neg else annotated
+    shown_size = max(size, overlays.DISPLAY_MIN)
+    zoom = shown_size / size
+    shown = cv2.resize(raw, (shown_size, shown_size), interpolation=cv2.INTER_AREA)
+
+    def zoomed(boxes):
+        return [tuple(v * zoom for v in b) for b in boxes]
+
+    annotated = overlays.draw_boxes(shown, zoomed(pos), (0, 200, 0)) if pos else shown
+    annotated = overlays.draw_boxes(annotated, zoomed(neg), (220, 0, 0)) if neg else annotated
     overlays.save_png(os.path.join(out_dir, "input.png"), annotated)
     atlas_index = np.asarray(jax.device_get(state["extra"]["atlas_index"]))
     train = method.index.splits.get("train", [])
@@ -254,26 +322,41 @@ def explain_image(
         for tag, res in (("before", before), ("after", after)):
             m = int(res["best_prototype"][0, k])
             rel = os.path.join(tag, f"concept_{k:02d}.png")
+            cmap = np.asarray(res["concept_maps"][0, k])
+            label = f"cosine similarity to prototype {k * m_count + m} of {name}"
+            lo, hi = float(cmap.min()), float(cmap.max())
             overlays.save_png(
                 os.path.join(out_dir, rel),
-                overlays.heatmap_overlay(shown, res["concept_maps"][0, k], 0.4),
+                overlays.with_colorbar(overlays.heatmap_overlay(shown, cmap, 0.4), label, lo, hi),
             )
             score = float(res["scores"][0, k * m_count + m])
             linked = int(atlas_index[k, m])
+            source = train[linked].image_id if 0 <= linked < len(train) else None
             row[tag] = {
                 "prototype_id": k * m_count + m,
                 "score": score,
                 "map": rel,
-                "atlas_image_id": train[linked].image_id if 0 <= linked < len(train) else None,
+                "atlas_image_id": source,
             }
             figures[tag].append(
-                {"image": rel, "caption": f"{name}: prototype {k * m_count + m}, s={score:.3f}"}
+                {
+                    "image": rel,
+                    "caption": f"{name}: prototype {k * m_count + m}, s = {score:.3f}"
+                    + (f", atlas image {source}" if source else ""),
+                    "alt": f"concept {name} map {tag} interaction over this image",
+                    "colorbar": {"label": label, "min": lo, "max": hi},
+                }
             )
         concepts.append(row)
+    probs_before = dict(zip(class_names, map(float, before["probs"][0]), strict=True))
+    probs_after = dict(zip(class_names, map(float, after["probs"][0]), strict=True))
     result = {
         "classes": class_names,
-        "probs_before": dict(zip(class_names, map(float, before["probs"][0]), strict=True)),
-        "probs_after": dict(zip(class_names, map(float, after["probs"][0]), strict=True)),
+        "probs_before": probs_before,
+        "probs_after": probs_after,
+        "decisions_before": method.decisions(probs_before),
+        "decisions_after": method.decisions(probs_after),
+        "thresholds": method.thresholds,
         "prediction_before": class_names[int(np.argmax(before["probs"][0]))],
         "prediction_after": class_names[int(np.argmax(after["probs"][0]))],
         "indecisive_before": bool(is_indecisive(before["probs"][0])),
@@ -293,18 +376,10 @@ def explain_image(
         json.dump(result, f, indent=1)
     html_path = write_html_report(
         os.path.join(out_dir, "report.html"),
-        "CSR explanation",
-        [
-            {
-                "heading": "Input",
-                "text": "green: positive boxes, red: negative boxes",
-                "figures": [{"image": "input.png", "caption": "input (network resolution)"}],
-            },
-            {"heading": "Prediction", "probabilities": result["probs_before"]},
-            {"heading": "Interactive prediction", "probabilities": result["probs_after"]},
-            {"heading": "Concept maps before interaction", "figures": figures["before"]},
-            {"heading": "Concept maps after interaction", "figures": figures["after"]},
-        ],
+        f"CSR explanation: {os.path.basename(image) if isinstance(image, str) else 'image'}",
+        _page_sections(result, figures, interactive),
+        _page_header(method, image),
+        _page_warnings(method, result),
     )
     log.info("CSR explanation written to %s", out_dir)
     return {**result, "json": json_path, "html": html_path}

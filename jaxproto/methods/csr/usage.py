@@ -7,7 +7,7 @@ v'^k_i of an image that contains concept k (the atlas hit count, spec §6). With
 soft assignment of Eqs. 6–8 is nearly hard, so a prototype that wins nothing gets almost no
 gradient and stays dead (the known collapse). Revival re-seeds a prototype that has been dead
 for ``patience`` consecutive epochs with a concept vector of its own concept that is far from
-every alive prototype (greedy farthest point), and zeroes its optimizer moments.
+every alive prototype (greedy farthest point), with fresh optimizer moments.
 """
 
 from __future__ import annotations
@@ -71,13 +71,20 @@ def revive(
 
 
 def reset_moments(opt_state, revived: np.ndarray, leaf: str = "prototypes"):
-    """The optimizer state with the rows [k, m] of every ``leaf``-shaped moment (Adam mu, nu)
-    zeroed where ``revived`` (a fresh optimizer state for the revived prototypes)."""
+    """The optimizer state with fresh moments for the revived prototypes [k, m]: first moments
+    (Adam ``mu``) zeroed, second moments (``nu``) set to the mean over the concept's other
+    prototypes. Zeroing ``nu`` as well would make the next steps several times larger than
+    for any other prototype (Adam's bias correction is global, its step count is long past
+    the start), throwing the re-seeded prototype away from the data it was seeded on."""
     keep = ~revived[..., None]
 
     def one(name: str, x):
-        if name.split("/")[-1] == leaf and np.ndim(x) == 3 and np.shape(x)[:2] == revived.shape:
-            return np.where(keep, np.asarray(x), 0).astype(np.asarray(x).dtype)
-        return x
+        if name.split("/")[-1] != leaf or np.ndim(x) != 3 or np.shape(x)[:2] != revived.shape:
+            return x
+        x = np.asarray(x)
+        if "/nu/" in f"/{name}/":
+            others = np.where(keep, x, 0).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
+            return np.where(keep, x, others[:, None, :]).astype(x.dtype)
+        return np.where(keep, x, 0).astype(x.dtype)
 
     return trees.map_with_names(one, opt_state)

@@ -19,6 +19,7 @@ import dataclasses
 import ml_collections
 
 from jaxproto.common import config as common
+from jaxproto.data.registry import default_data_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,19 +64,15 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     c.model.rand_resize = False  # RandomResizedCrop instead of the centre crop ("+RR")
     c.model.bn_running_var = "unbiased"
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "synthetic" if arg.synthetic else dataset
-    c.data.root = ""
+    c.data = default_data_config("synthetic" if arg.synthetic else dataset)
     c.data.image_size = c.model.get_ref("image_size")
-    c.data.on_bad_sample = "error"
-    c.data.val_fraction = 0.0
-    c.data.seed = 0
-    c.data.like = dataset
-    c.data.num_train = 600
-    c.data.num_test = 270
-    c.data.num_val = 0
-    c.data.clever_hans = False
-    c.data.prepared = ""
+    # X-MIR's read_data.py --mask-dir: lung masks <image stem>_xslor.png composited onto the
+    # images (outside the lung -> black) before the transforms; "" = off (the default)
+    c.data.lung_mask_dir = ""
+    if arg.synthetic:
+        # procedural images are free: ds.synthetic_train training images, still 270 test
+        c.data.update({"like": dataset, "num_train": ds.synthetic_train, "num_test": 270})
+        c.data.update({"num_val": 0, "clever_hans": False})
 
     c.loss = ml_collections.ConfigDict()
     c.loss.margin = 0.2
@@ -85,6 +82,9 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     c.loss.anomaly_class = ds.anomaly_class
     c.loss.map_includes_self = True  # the original's mAP counts the query at the last rank
     c.eval_ks = (1, 5, 10)
+    # queries with no other item of their class: "miss" (score 0, as the original's R@K) or
+    # "exclude" (left out of the means, as pytorch-metric-learning)
+    c.eval_no_positive = "miss"
 
     n_classes = 2 if arg.anomaly else 3
     c.train = common.train_block(
@@ -115,7 +115,6 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     if arg.synthetic:
         c.optim.lr = 1e-3
         c.train.epochs = arg.epochs or 12.0
-        c.data.num_train = ds.synthetic_train  # procedural images are free; still 270 test
         # the tiny net sees 32-px cells at 64 px: occlude a quarter of the side (24/224 ~ 7 px)
         c.saliency.sbsm_window, c.saliency.sbsm_stride = 16, 4
 

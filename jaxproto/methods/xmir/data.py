@@ -8,9 +8,11 @@ normalisation; the test transform drops the random steps.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from jaxproto.common.errors import DataError
 from jaxproto.data.images import load_image
@@ -141,8 +143,37 @@ class TrainTransform:
         return imagenet_normalize(img)
 
 
+def lung_mask_path(image_path: str, mask_dir: str) -> str:
+    """The original's mask file for an image: ``mask_dir/<image stem>_xslor.png``."""
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return os.path.join(mask_dir, stem + "_xslor.png")
+
+
+def apply_lung_mask(image: np.ndarray, mask_path: str) -> np.ndarray:
+    """The original ``read_data.py --mask-dir`` compositing: the mask resized to the image
+    (PIL's default filter), then ``Image.composite(image, black, mask)`` -- pixels outside the
+    lungs go black, a grey mask value m keeps m/255 of the pixel."""
+    if not os.path.isfile(mask_path):
+        raise DataError(f"{mask_path}: lung mask not found (data.lung_mask_dir)")
+    try:
+        with Image.open(mask_path) as m:
+            mask = m if m.mode in ("1", "L", "RGBA") else m.convert("L")
+            pil = Image.fromarray(np.ascontiguousarray(image))
+            mask = mask.resize(pil.size)
+            out = Image.composite(pil, Image.new("RGB", pil.size), mask)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{mask_path}: cannot read the lung mask ({e})") from e
+    return np.asarray(out, np.uint8)
+
+
+def load_example_image(path: str, lung_mask_dir: str = "") -> np.ndarray:
+    """Decoded uint8 RGB image, with the lung mask composited when ``lung_mask_dir`` is set."""
+    image = load_image(path)
+    return apply_lung_mask(image, lung_mask_path(path, lung_mask_dir)) if lung_mask_dir else image
+
+
 class TrainExample:
-    """Decode -> X-MIR train augmentation; picklable for grain workers."""
+    """Decode [-> lung mask] -> X-MIR train augmentation; picklable for grain workers."""
 
     def __init__(
         self,
@@ -151,12 +182,14 @@ class TrainExample:
         image_size: int,
         resize: int,
         rand_resize: bool,
+        lung_mask_dir: str = "",
     ):
         self.paths = [r.path for r in records]
         self.labels = labels
         self.transform = TrainTransform(image_size, resize, rand_resize)
+        self.lung_mask_dir = lung_mask_dir
 
     def __call__(self, index, rng: np.random.Generator) -> dict:
         i = int(index)
-        image = self.transform(load_image(self.paths[i]), rng)
+        image = self.transform(load_example_image(self.paths[i], self.lung_mask_dir), rng)
         return {"image": np.ascontiguousarray(image, np.float32), "label": np.int32(self.labels[i])}

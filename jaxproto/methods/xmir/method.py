@@ -25,7 +25,6 @@ from jaxproto.backbones import init_with_pretrained
 from jaxproto.common.errors import UserError
 from jaxproto.core import outputs
 from jaxproto.core.method import Converter, Method, Phase
-from jaxproto.data.images import load_image
 from jaxproto.data.records import Record
 from jaxproto.kernels.prototypes import l2_normalize
 from jaxproto.methods.xmir import convert, saliency
@@ -35,6 +34,7 @@ from jaxproto.methods.xmir.data import (
     TrainExample,
     class_labels,
     eval_transform,
+    load_example_image,
 )
 from jaxproto.methods.xmir.losses import batch_all_triplet_loss
 from jaxproto.methods.xmir.metrics import anomaly_measures, anomaly_scores, retrieval_metrics
@@ -72,6 +72,7 @@ class XmirMethod(Method):
             embedding_dim=int(m.embedding_dim),
             bn_running_var=m.get("bn_running_var", "unbiased"),
         )
+        self.lung_mask_dir = str(config.data.get("lung_mask_dir", ""))
         self.margin = float(lc.margin)
         self.anomaly_class: int | None = None
         if lc.anomaly:
@@ -128,7 +129,9 @@ class XmirMethod(Method):
     def train_data(self, phase, records):
         sampler, labels = self._sampler(records)
         rand_resize = bool(self.config.model.get("rand_resize", False))
-        return sampler, TrainExample(records, labels, self.image_size, self.resize, rand_resize)
+        return sampler, TrainExample(
+            records, labels, self.image_size, self.resize, rand_resize, self.lung_mask_dir
+        )
 
     def loss(self, params, state, batch, rng, phase):
         variables = {"params": params, "batch_stats": state["batch_stats"]}
@@ -139,7 +142,8 @@ class XmirMethod(Method):
     # -- inference ----------------------------------------------------------------------------
 
     def eval_example(self, record):
-        image = eval_transform(load_image(record.path), self.image_size, self.resize)
+        image = load_example_image(record.path, self.lung_mask_dir)
+        image = eval_transform(image, self.image_size, self.resize)
         return {"image": np.asarray(image, np.float32)}
 
     def predict(self, state, batch):
@@ -152,6 +156,7 @@ class XmirMethod(Method):
             class_labels(records),
             ks=tuple(self.config.get("eval_ks", (1, 5, 10))),
             map_includes_self=bool(lc.get("map_includes_self", True)),
+            no_positive=self.config.get("eval_no_positive", "miss"),
         )
 
     # -- what the CLIs need -------------------------------------------------------------------
@@ -181,6 +186,8 @@ class XmirMethod(Method):
             if self.config.loss.get("map_includes_self", True)
             else "trapezoid AP; the query excluded",
             "MAP@R": "mean average precision at R (R = other same-class items)",
+            "mean_average_precision": "non-interpolated AP, the query excluded",
+            "r_precision": "share of same-class items in the top R",
         }
         keys = [k for k in result if isinstance(result[k], int | float | np.number)]
         width = max((len(k) for k in keys), default=0)

@@ -6,9 +6,13 @@ embeddings. Reported (fractions in [0, 1]):
 * ``R@K``: hit rate -- share of queries with at least one same-label item in the top K;
 * ``P@K``: mean share of same-label items among the top K;
 * ``mAP``: cirtorch's trapezoid AP. With ``map_includes_self=True`` (faithful default) the query
-  itself counts as a positive at the last rank (the original's quirk); with False it is excluded
-  and queries without any positive are left out of the mean;
-* ``MAP@R``: mean average precision at R (R = number of other same-label items), self excluded.
+  itself counts as a positive at the last rank (the original's quirk); with False it is excluded;
+* ``MAP@R``: mean average precision at R (R = number of other same-label items), self excluded;
+* ``mean_average_precision``: non-interpolated AP over the whole ranking, self excluded
+  (pytorch-metric-learning's definition);
+* ``r_precision``: share of same-label items among the top R (pytorch-metric-learning).
+
+Queries whose class has no other item follow the ``no_positive`` policy (misses or excluded).
 """
 
 from __future__ import annotations
@@ -50,13 +54,26 @@ def trapezoid_ap(positive_ranks: np.ndarray) -> float:
     return ap
 
 
+NO_POSITIVE_POLICIES = ("miss", "exclude")
+
+
 def retrieval_metrics(
     embeddings: np.ndarray,
     labels: np.ndarray,
     ks: Sequence[int] = (1, 5, 10),
     map_includes_self: bool = True,
+    no_positive: str = "miss",
 ) -> dict[str, float]:
-    """R@K, P@K, mAP and MAP@R of leave-one-out retrieval (see the module docstring)."""
+    """R@K, P@K, mAP, MAP@R, mean_average_precision and r_precision of leave-one-out retrieval
+    (see the module docstring).
+
+    ``no_positive`` is the policy for queries with no other item of their class: "miss" (they
+    score 0 in every self-excluding metric, as the original's R@K) or "exclude" (left out of
+    those means, as pytorch-metric-learning). The faithful mAP (``map_includes_self``) always
+    has the query itself as a positive.
+    """
+    if no_positive not in NO_POSITIVE_POLICIES:
+        raise ValueError(f"no_positive must be one of {NO_POSITIVE_POLICIES}, got {no_positive!r}")
     labels = np.asarray(labels).reshape(-1)
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or embeddings.shape[0] != labels.shape[0]:
@@ -66,27 +83,35 @@ def retrieval_metrics(
         )
     rel = ranked_relevance(embeddings, labels)
     n = rel.shape[0]
+    r = rel.sum(axis=1)  # R: the other items of the query's class
+    has = r > 0
+    keep = has if no_positive == "exclude" else np.ones(n, bool)
+
+    def mean(values: np.ndarray) -> float:
+        """Mean over the kept queries; a query without positives scores 0 under "miss"."""
+        v = np.where(has, values, 0.0)[keep]
+        return float(np.mean(v)) if v.size else 0.0
+
     out: dict[str, float] = {}
     for k in ks:
         if not 1 <= k <= n - 1:
             raise ValueError(f"K={k} must be in [1, {n - 1}] for {n} items")
-        out[f"R@{k}"] = float(np.mean(np.any(rel[:, :k], axis=1)))
-        out[f"P@{k}"] = float(np.mean(np.sum(rel[:, :k], axis=1) / k))
-    aps = []
-    for row in rel:
-        ranks = np.flatnonzero(row)
-        if map_includes_self:
-            ranks = np.append(ranks, n - 1)
-        if len(ranks):
-            aps.append(trapezoid_ap(ranks))
-    out["mAP"] = float(np.mean(aps)) if aps else 0.0
-    r = rel.sum(axis=1)
+        out[f"R@{k}"] = mean(np.any(rel[:, :k], axis=1).astype(np.float64))
+        out[f"P@{k}"] = mean(np.sum(rel[:, :k], axis=1) / k)
+    if map_includes_self:
+        out["mAP"] = float(
+            np.mean([trapezoid_ap(np.append(np.flatnonzero(row), n - 1)) for row in rel])
+        )
+    else:
+        out["mAP"] = mean(np.array([trapezoid_ap(np.flatnonzero(row)) for row in rel]))
     hits = np.cumsum(rel, axis=1)
     prec = hits / np.arange(1, n)[None, :]
     in_r = np.arange(n - 1)[None, :] < r[:, None]
-    has = r > 0
-    map_at_r = np.sum(prec * rel * in_r, axis=1)[has] / r[has]
-    out["MAP@R"] = float(np.mean(map_at_r)) if has.any() else 0.0
+    safe_r = np.maximum(r, 1)
+    out["MAP@R"] = mean(np.sum(prec * rel * in_r, axis=1) / safe_r)
+    # pytorch-metric-learning's non-interpolated AP over the whole ranking and R-precision
+    out["mean_average_precision"] = mean(np.sum(prec * rel, axis=1) / safe_r)
+    out["r_precision"] = mean(np.sum(rel * in_r, axis=1) / safe_r)
     return out
 
 

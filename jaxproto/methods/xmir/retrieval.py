@@ -8,6 +8,7 @@ the gallery files, the HTML page, the insertion/deletion loop -- lives here.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -27,8 +28,8 @@ from jaxproto.methods.xmir import insdel, search
 from jaxproto.methods.xmir.data import class_labels
 from jaxproto.methods.xmir.method import SALIENCY_METHODS, SaliencySettings, XmirMethod
 from jaxproto.methods.xmir.saliency import upsample
-from jaxproto.viz.overlays import heatmap_overlay, save_png
-from jaxproto.viz.report import write_html_report
+from jaxproto.viz.overlays import for_display, heatmap_overlay, relative_spread, save_png
+from jaxproto.viz.report import Header, write_html_report
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +117,51 @@ def gallery_paths(source: str, config: ml_collections.ConfigDict) -> list[str]:
     return expand_image_paths([source], skip_suffixes=skip)
 
 
+def gallery_labels(
+    paths: list[str], class_names: list[str], labels_csv: str | None
+) -> list[str | None]:
+    """Each gallery image's diagnosis: from ``labels_csv`` (rows ``file,class``; the file by
+    path or name), else its folder's name when that is a class name (``<gallery>/<class>/``),
+    else None (unknown)."""
+    by_lower = {n.lower(): n for n in class_names}
+    given: dict[str, str] = {}
+    if labels_csv:
+        with open(labels_csv, newline="") as f:
+            for line_no, row in enumerate(csv.reader(f), 1):
+                if len(row) < 2 or row[0].strip().lower() in ("file", "image", "path"):
+                    continue
+                name = by_lower.get(row[1].strip().lower())
+                if name is None:
+                    raise UserError(
+                        f"{labels_csv}, line {line_no}: class {row[1]!r} is not one of the "
+                        f"model's classes {class_names}"
+                    )
+                given[row[0].strip()] = name
+    out = []
+    for p in paths:
+        label = given.get(p) or given.get(os.path.abspath(p)) or given.get(os.path.basename(p))
+        out.append(label or by_lower.get(os.path.basename(os.path.dirname(p)).lower()))
+    return out
+
+
 def cmd_index(args: argparse.Namespace, load_model: LoadModel) -> None:
     model = Model(load_model, args.workdir, args.export)
     paths = gallery_paths(args.images, model.config)
     emb = search.embed_images(
         model.embed_batch, model.load, paths, model.batch_size(args.batch_size)
     )
+    labels = gallery_labels(paths, list(model.method.class_names()), args.labels)
     meta = {
         **model.source,
         "backbone": model.config.model.backbone,
         "image_size": int(model.config.model.image_size),
+        "labels": labels,
     }
+    log.info(
+        "%d of %d gallery images have a known diagnosis",
+        sum(x is not None for x in labels),
+        len(labels),
+    )
     search.save_index(args.out, emb, paths, meta)
     log.info("indexed %d images (%d-d) into %s", len(paths), emb.shape[1], args.out)
 
@@ -168,6 +203,59 @@ def self_saliency(model: Model, image: np.ndarray, methods: tuple[str, ...]) -> 
     return model.saliency_maps(image, image, wanted) if wanted else {}
 
 
+UNIFORM_SPREAD = 0.02  # relative spread below which a saliency map is flagged uninformative
+SALIENCY_LABEL = "saliency ({}), min-max normalised per map: 0 = least, 1 = most"
+
+
+def _saliency_figure(out_dir, stem, image, sal, method_name, whose, tolerance) -> dict:
+    """One saliency panel: the overlay, or the plain image flagged when the map is nearly
+    uniform (min-max normalisation would stretch its noise into a rainbow)."""
+    np.save(os.path.join(out_dir, f"{stem}.npy"), sal)
+    spread = relative_spread(sal)
+    uninformative = spread < tolerance
+    shown = for_display(image)
+    file = f"{stem}.png"
+    if uninformative:
+        save_png(os.path.join(out_dir, file), shown)
+        caption = (
+            f"{method_name} on {whose}: uninformative, the map is nearly uniform "
+            f"(relative spread {spread:.2%} < {tolerance:.0%}); not drawn"
+        )
+        return {"image": file, "caption": caption, "alt": caption, "uninformative": True}
+    save_png(os.path.join(out_dir, file), heatmap_overlay(shown, np.asarray(sal, np.float32)))
+    return {
+        "image": file,
+        "caption": f"{method_name} on {whose}",
+        "alt": f"{method_name} saliency over {whose}",
+        "colorbar": {"label": SALIENCY_LABEL.format(method_name), "min": 0.0, "max": 1.0},
+        "uninformative": False,
+    }
+
+
+def neighbour_summary(labels: list[str | None], class_names: list[str]) -> tuple[str, list]:
+    """ "7 of 10 nearest cases are melanoma" and the per-class vote decisions (a class is
+    positive when at least half of the labelled neighbours have it)."""
+    known = [x for x in labels if x is not None]
+    if not known:
+        return f"none of the {len(labels)} nearest cases has a known diagnosis", []
+    counts = {n: known.count(n) for n in class_names}
+    top = max(class_names, key=lambda n: counts[n])
+    text = f"{counts[top]} of {len(labels)} nearest cases are {top}"
+    if len(known) < len(labels):
+        text += f" ({len(labels) - len(known)} without a known diagnosis)"
+    rows = [
+        {
+            "class": n,
+            "probability": counts[n] / len(known),
+            "threshold": 0.5,
+            "decision": counts[n] / len(known) >= 0.5,
+            "note": f"{counts[n]} of {len(known)} labelled neighbours",
+        }
+        for n in class_names
+    ]
+    return text, rows
+
+
 def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
     gallery, manifest = search.load_index(args.index)
     workdir, export = args.workdir, args.export
@@ -177,69 +265,141 @@ def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
         raise UserError(f"--k must be positive, got {args.k}")
     model = Model(load_model, workdir, export)
     methods = saliency_methods(args.saliency)
+    tolerance = float(model.config.get("saliency", {}).get("uniform_spread", UNIFORM_SPREAD))
     query = model.load(args.image)
     q = model.embed_batch(query[None])
     if q.shape[1] != gallery.shape[1]:
         raise UserError(f"model embeds {q.shape[1]}-d but the index holds {gallery.shape[1]}-d")
     dist, idx = search.knn(q, gallery, min(args.k, gallery.shape[0]), args.chunk_size)
     os.makedirs(args.out, exist_ok=True)
-    save_png(os.path.join(args.out, "query.png"), to_uint8(query))
-    query_mask = box_mask(args.query_box, query.shape[:2])
-    negative = None
-    if "simatt_triplet" in methods:
-        # the user's negative, else the least similar of the k neighbours
-        negative = model.load(args.negative or manifest["paths"][int(idx[0, -1])])
-    neighbours, figures = [], []
-    if args.self_saliency:
-        for method_name, sal in self_saliency(model, query, methods).items():
-            file = f"query_{method_name}.png"
-            np.save(os.path.join(args.out, f"query_{method_name}.npy"), sal)
-            save_png(os.path.join(args.out, file), heatmap_overlay(to_uint8(query), sal))
-            figures.append({"image": file, "caption": f"query {method_name}"})
+    query_u8 = to_uint8(query)
+    save_png(os.path.join(args.out, "query.png"), for_display(query_u8))
+    class_names = list(model.method.class_names())
+    gallery_dx = manifest.get("labels") or [None] * len(manifest["paths"])
+    neighbours, rows, others, flagged = [], [], [], []
     for rank, (d, i) in enumerate(zip(dist[0], idx[0], strict=True)):
         path = manifest["paths"][int(i)]
-        neighbours.append({"rank": rank + 1, "file": path, "distance": float(d)})
-        image = model.load(path)
+        diagnosis = gallery_dx[int(i)]
+        neighbours.append(
+            {"rank": rank + 1, "file": path, "diagnosis": diagnosis, "distance": float(d)}
+        )
+        image = to_uint8(model.load(path))
         name = f"rank{rank + 1:03d}"
-        save_png(os.path.join(args.out, f"{name}.png"), to_uint8(image))
-        figures.append(
+        save_png(os.path.join(args.out, f"{name}.png"), for_display(image))
+        whose = f"#{rank + 1} {os.path.basename(path)}"
+        tile = {
+            "image": f"{name}.png",
+            "caption": f"{whose}: {diagnosis or 'diagnosis unknown'}, d = {d:.4f}",
+            "alt": f"neighbour {rank + 1}: {os.path.basename(path)}, {diagnosis or 'unknown'}",
+        }
+        if rank >= args.saliency_top or not methods:
+            others.append(tile)
+            continue
+        n_maps = model.saliency_maps(query, model.load(path), methods)
+        q_maps = model.saliency_maps(model.load(path), query, methods)
+        q_row = [{"image": "query.png", "caption": "the query", "alt": "the query image"}]
+        n_row = [tile]
+        for m in methods:
+            q_row.append(
+                _saliency_figure(
+                    args.out, f"{name}_query_{m}", query_u8, q_maps[m], m, "the query", tolerance
+                )
+            )
+            n_row.append(
+                _saliency_figure(args.out, f"{name}_{m}", image, n_maps[m], m, whose, tolerance)
+            )
+        flagged += [
+            f"#{rank + 1} {m} ({side})"
+            for m, q, n in zip(methods, q_row[1:], n_row[1:], strict=True)
+            for side, fig in (("query", q), ("neighbour", n))
+            if fig["uninformative"]
+        ]
+        neighbours[-1]["saliency"] = {
+            m: {
+                "query": q["image"],
+                "neighbour": n["image"],
+                "uninformative": [q["uninformative"], n["uninformative"]],
+            }
+            for m, q, n in zip(methods, q_row[1:], n_row[1:], strict=True)
+        }
+        rows.append((rank, diagnosis, float(d), path, q_row + n_row))
+    summary, decisions = neighbour_summary([n["diagnosis"] for n in neighbours], class_names)
+    warnings = [] if decisions else [summary + ": no decision (index the gallery with labels)"]
+    flagged = [
+        f"#{rank + 1} {m}"
+        for rank, *_, figs in rows
+        for m, f in zip(
+            methods * 2, figs[1 : 1 + len(methods)] + figs[2 + len(methods) :], strict=True
+        )
+        if f["uninformative"]
+    ]
+    if flagged:
+        warnings.append(
+            "nearly uniform saliency maps are flagged uninformative and not drawn: "
+            + ", ".join(sorted(set(flagged)))
+        )
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(
             {
-                "image": f"{name}.png",
-                "caption": f"#{rank + 1} {os.path.basename(path)} (d = {d:.4f})",
+                "query": os.path.abspath(args.image),
+                "summary": summary,
+                "decisions": decisions,
+                "neighbours": neighbours,
+            },
+            f,
+            indent=1,
+        )
+    sections = [
+        {
+            "heading": "Query",
+            "figures": [
+                {
+                    "image": "query.png",
+                    "caption": os.path.basename(args.image),
+                    "alt": "the query image",
+                }
+            ],
+        },
+        {"heading": f"Summary: {summary}", "text": summary},
+    ]
+    if decisions:
+        sections.append({"heading": "Decisions (neighbour vote)", "decisions": decisions})
+    sections.append(
+        {
+            "heading": "Nearest gallery images",
+            "table": [{k: v for k, v in n.items() if k != "saliency"} for n in neighbours],
+            "caption": "Euclidean distance of unit embeddings (0 = identical, 2 = opposite)",
+        }
+    )
+    for rank, diagnosis, d, path, figures in rows:
+        sections.append(
+            {
+                "heading": f"#{rank + 1} {os.path.basename(path)}: "
+                f"{diagnosis or 'diagnosis unknown'}, d = {d:.4f}",
+                "text": "Top row: the query; bottom row: this neighbour. Saliency marks the "
+                "regions that make the pair similar (SBSM: occlusion; SimAtt: similarity "
+                "attention; SimCAM: similarity decomposition).",
+                "figures": figures,
+                "columns": 1 + len(methods),
             }
         )
-        if rank >= args.saliency_top or not methods:
-            continue
-        maps = model.saliency_maps(query, image, methods, negative, query_mask)
-        for method_name, sal in maps.items():
-            file = f"{name}_{method_name}.png"
-            np.save(os.path.join(args.out, f"{name}_{method_name}.npy"), sal)
-            save_png(os.path.join(args.out, file), heatmap_overlay(to_uint8(image), sal))
-            figures.append({"image": file, "caption": f"#{rank + 1} {method_name} saliency"})
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"query": os.path.abspath(args.image), "neighbours": neighbours}, f, indent=1)
+    if others:
+        sections.append({"heading": "Further neighbours (no saliency)", "figures": others})
+    header = Header(
+        model=f"X-MIR, {model.config.model.backbone}",
+        model_id=(model.method.provenance or {}).get("id", "unknown"),
+        source=workdir or export,
+        input=os.path.abspath(args.image),
+        protocol=f"k = {len(neighbours)} nearest of {len(manifest['paths'])} gallery images "
+        f"({os.path.abspath(args.index)}), Euclidean distance of unit embeddings; decision: a "
+        "class held by at least half (threshold 0.5) of the labelled neighbours",
+    )
     page = write_html_report(
         os.path.join(args.out, "index.html"),
         f"Retrieval for {os.path.basename(args.image)}",
-        [
-            {
-                "heading": "Query",
-                "figures": [{"image": "query.png", "caption": os.path.basename(args.image)}],
-            },
-            {
-                "heading": "Nearest gallery images",
-                "table": neighbours,
-                "caption": "Euclidean distance of unit embeddings (0 = identical, 2 = opposite)",
-            },
-            {
-                "heading": "Neighbours and saliency",
-                "text": "Saliency marks the regions of each retrieved image that make it "
-                "similar to the query (SBSM: occlusion; SimAtt: similarity attention; SimCAM: "
-                "similarity decomposition; SimScoreCAM: channel masks; self_*: an image "
-                "against itself).",
-                "figures": figures,
-            },
-        ],
+        sections,
+        header,
+        warnings,
     )
     log.info("wrote %s", page)
 
@@ -345,6 +505,11 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     sp.add_argument("--images", required=True, help="image folder or list file")
     sp.add_argument("--out", required=True, help="index folder to write")
     sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument(
+        "--labels",
+        help="CSV of file,class for the gallery's diagnoses (default: the folder name when it "
+        "is a class name)",
+    )
 
     sp = sub.add_parser("query", help="retrieve the nearest gallery images, with saliency")
     model_args(sp, False)

@@ -1,9 +1,11 @@
 """Gallery indexing and exact k-nearest-neighbour search on unit embeddings (specs/xmir.md §3).
 
 An index is a folder with ``embeddings.npy`` (float32, N x D, memory-mapped on load) and
-``manifest.json`` (image paths in row order and where the model came from). Search is exact:
-a jitted matmul + top-k per gallery chunk, merged across chunks, so a gallery larger than
-device memory streams from disk.
+``manifest.json`` (image paths in row order and where the model came from). Exact search is a
+jitted matmul + top-k per gallery block, each block's rows split over the devices (and
+processes) of a mesh and merged on device, so a gallery larger than one device -- or than
+memory -- streams from disk. ``FaissIndex`` (optional ``faiss-cpu``) is the approximate
+alternative for 10^6+ images.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxproto.common.errors import DataError
+from jaxproto.common.errors import DataError, UserError
 from jaxproto.core.logging import Progress
 
 log = logging.getLogger(__name__)
@@ -92,43 +94,175 @@ def load_index(index_dir: str) -> tuple[np.ndarray, dict]:
     return embeddings, manifest
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _chunk_topk(queries, chunk, num_valid, offset, best_d2, best_idx, *, k):
-    """Merges the k nearest rows of one gallery chunk into the running (best_d2, best_idx)."""
-    q2 = jnp.sum(queries * queries, axis=1)[:, None]
-    g2 = jnp.sum(chunk * chunk, axis=1)[None, :]
-    d2 = jnp.maximum(q2 + g2 - 2.0 * (queries @ chunk.T), 0.0)
-    d2 = jnp.where(jnp.arange(chunk.shape[0])[None, :] < num_valid, d2, jnp.inf)
-    kk = min(k, chunk.shape[0])
-    neg, idx = jax.lax.top_k(-d2, kk)
+GALLERY_AXIS = "gallery"
+
+
+def gallery_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh over ``devices`` (default: every device of every process) that the gallery
+    rows are split over."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.sharding.Mesh(np.asarray(devices), (GALLERY_AXIS,))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "mesh"))
+def _block_topk(queries, block, num_valid, offset, best_d2, best_idx, *, k, mesh):
+    """Merges the k nearest rows of one gallery block (its rows split over ``mesh``) into the
+    running (best_d2, best_idx): each device ranks its own rows, the k best of every device
+    are gathered and merged (exact: the global top k is among them)."""
+
+    def local(q, rows, first):
+        n_rows = rows.shape[0]
+        start = first + jax.lax.axis_index(GALLERY_AXIS) * n_rows
+        q2 = jnp.sum(q * q, axis=1)[:, None]
+        g2 = jnp.sum(rows * rows, axis=1)[None, :]
+        d2 = jnp.maximum(q2 + g2 - 2.0 * (q @ rows.T), 0.0)
+        ids = start + jnp.arange(n_rows)
+        d2 = jnp.where((ids < num_valid)[None, :], d2, jnp.inf)
+        neg, idx = jax.lax.top_k(-d2, min(k, n_rows))
+        neg = jax.lax.all_gather(neg, GALLERY_AXIS, axis=1, tiled=True)
+        idx = jax.lax.all_gather(ids[idx], GALLERY_AXIS, axis=1, tiled=True)
+        return neg, idx
+
+    spec = jax.sharding.PartitionSpec
+    neg, idx = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(spec(), spec(GALLERY_AXIS, None), spec()),
+        out_specs=(spec(), spec()),
+        check_vma=False,
+    )(queries, block, offset)
     all_d2 = jnp.concatenate([best_d2, -neg], axis=1)
-    all_idx = jnp.concatenate([best_idx, idx + offset], axis=1)
+    all_idx = jnp.concatenate([best_idx, idx.astype(jnp.int32)], axis=1)
     neg, pos = jax.lax.top_k(-all_d2, k)
     return -neg, jnp.take_along_axis(all_idx, pos, axis=1)
 
 
-def knn(
-    queries: np.ndarray, gallery: np.ndarray, k: int, chunk_size: int = 65536
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest gallery rows (Euclidean) for each query: (distances, indices), (Q, k),
-    nearest first. ``gallery`` may be a memory map; it is read ``chunk_size`` rows at a time."""
-    queries = jnp.asarray(np.asarray(queries, np.float32))
-    n = gallery.shape[0]
+def _check(queries, n: int, dim: int, k: int) -> np.ndarray:
+    queries = np.asarray(queries, np.float32)
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be in [1, {n}] (gallery size)")
-    if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"query dim {queries.shape[1]} != gallery dim {gallery.shape[1]}")
-    chunk_size = min(chunk_size, n)
-    best_d2 = jnp.full((queries.shape[0], k), jnp.inf, jnp.float32)
-    best_idx = jnp.zeros((queries.shape[0], k), jnp.int32)
-    for start in range(0, n, chunk_size):
-        chunk = np.asarray(gallery[start : start + chunk_size], np.float32)
-        valid = chunk.shape[0]
-        if valid < chunk_size:
-            chunk = np.concatenate(
-                [chunk, np.zeros((chunk_size - valid, chunk.shape[1]), np.float32)]
-            )
-        best_d2, best_idx = _chunk_topk(
-            queries, jnp.asarray(chunk), valid, start, best_d2, best_idx, k=k
+    if queries.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"query dim {queries.shape[1:]} != gallery dim {dim}")
+    return queries
+
+
+def _blocks(gallery: np.ndarray, chunk_size: int, mesh: jax.sharding.Mesh):
+    """(start, block) over ``gallery``: blocks of ``chunk_size`` rows (rounded to the mesh
+    size, the last one zero-padded), rows split over the mesh; each process reads only the
+    rows of its own devices."""
+    n, n_dev = gallery.shape[0], mesh.devices.size
+    block = -(-min(chunk_size, n) // n_dev) * n_dev
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(GALLERY_AXIS, None))
+    for start in range(0, n, block):
+
+        def read(index, start=start):
+            lo, hi = start + (index[0].start or 0), start + (index[0].stop or block)
+            part = np.asarray(gallery[lo : min(hi, n)], np.float32)
+            pad = (hi - lo) - part.shape[0]
+            return np.pad(part, ((0, pad), (0, 0))) if pad else part
+
+        yield start, jax.make_array_from_callback((block, gallery.shape[1]), rows, read)
+
+
+def _search(queries, blocks, n: int, k: int, mesh) -> tuple[np.ndarray, np.ndarray]:
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    q = jax.device_put(queries, replicated)
+    best_d2 = jax.device_put(np.full((len(queries), k), np.inf, np.float32), replicated)
+    best_idx = jax.device_put(np.zeros((len(queries), k), np.int32), replicated)
+    for start, block in blocks:
+        best_d2, best_idx = _block_topk(
+            q, block, n, np.int32(start), best_d2, best_idx, k=k, mesh=mesh
         )
-    return np.sqrt(np.asarray(best_d2)), np.asarray(best_idx)
+    d2 = np.asarray(best_d2.addressable_data(0))
+    return np.sqrt(d2), np.asarray(best_idx.addressable_data(0))
+
+
+def knn(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    k: int,
+    chunk_size: int = 65536,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest gallery rows (Euclidean) for each query: (distances, indices), (Q, k),
+    nearest first.
+
+    ``gallery`` may be a memory map larger than device (or host) memory: it is streamed in
+    blocks of ``chunk_size`` rows. With a ``mesh`` (:func:`gallery_mesh`; one device by default)
+    each block's rows are split over its devices -- across processes too: each process reads
+    only the rows of its own devices -- and each device ranks its share. For many queries
+    against one gallery that fits the devices, :class:`ExactIndex` keeps it there."""
+    mesh = mesh if mesh is not None else gallery_mesh(jax.devices()[:1])
+    queries = _check(queries, gallery.shape[0], gallery.shape[1], k)
+    return _search(queries, _blocks(gallery, chunk_size, mesh), gallery.shape[0], k, mesh)
+
+
+class ExactIndex:
+    """Exact search with the gallery resident on the mesh's devices (split by rows, in blocks
+    of ``chunk_size`` rows): one query costs one matmul + top-k per block, no host transfer."""
+
+    def __init__(
+        self,
+        gallery: np.ndarray,
+        mesh: jax.sharding.Mesh | None = None,
+        chunk_size: int = 1 << 20,
+    ):
+        self.mesh = mesh if mesh is not None else gallery_mesh(jax.devices()[:1])
+        self.n, self.dim = gallery.shape
+        self.blocks = list(_blocks(gallery, chunk_size, self.mesh))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, indices), (Q, k), nearest first, exactly as :func:`knn`."""
+        queries = _check(queries, self.n, self.dim, k)
+        return _search(queries, self.blocks, self.n, k, self.mesh)
+
+
+class FaissIndex:
+    """Approximate k-NN with FAISS (the optional ``faiss-cpu`` extra) for 10^6+ galleries:
+    ``kind="ivf"`` (IndexIVFFlat, ``nlist`` cells, ``nprobe`` visited) or ``"hnsw"``
+    (IndexHNSWFlat, ``m`` links, ``ef_search``). Exact L2 on the same rows gives the recall."""
+
+    def __init__(
+        self,
+        gallery: np.ndarray,
+        kind: str = "ivf",
+        nlist: int = 0,
+        nprobe: int = 16,
+        m: int = 32,
+        ef_search: int = 128,
+        train_size: int = 100_000,
+        seed: int = 0,
+    ):
+        try:
+            import faiss
+        except ImportError:
+            raise UserError(
+                "FAISS search needs the optional extra: pip install 'jaxproto[faiss]' (faiss-cpu)"
+            ) from None
+        x = np.ascontiguousarray(gallery, np.float32)
+        n, d = x.shape
+        if kind == "ivf":
+            nlist = nlist or max(1, int(4 * np.sqrt(n)))
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+            sample = np.random.default_rng(seed).choice(
+                n, min(n, max(train_size, 39 * nlist)), replace=False
+            )
+            self.index.train(x[np.sort(sample)])
+            self.index.nprobe = nprobe
+        elif kind == "hnsw":
+            self.index = faiss.IndexHNSWFlat(d, m)
+            self.index.hnsw.efSearch = ef_search
+        else:
+            raise UserError(f"FAISS index kind must be ivf or hnsw, got {kind!r}")
+        self.index.add(x)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, indices), (Q, k), nearest first, like :func:`knn`."""
+        d2, idx = self.index.search(np.ascontiguousarray(queries, np.float32), k)
+        return np.sqrt(np.maximum(d2, 0.0)), idx
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each query's exact k nearest that the approximate search also returns."""
+    hits = [len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist(), strict=True)]
+    return float(np.sum(hits) / exact.size)

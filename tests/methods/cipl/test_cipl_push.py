@@ -89,8 +89,9 @@ def test_push_matches_brute_force_and_writes_atlas(setup, tmp_path):
     out_dir = tmp_path / "explain"
     epoch_dir = tmp_path / "push" / "3"  # a workdir layout: <workdir>/push/<epoch>/
     os.makedirs(epoch_dir)
-    for name in ["atlas.json"] + [e["image"] for e in entries]:
-        os.rename(tmp_path / name, epoch_dir / name)
+    for name in os.listdir(tmp_path):  # the whole push folder (atlas, figures)
+        if os.path.isfile(tmp_path / name):
+            os.rename(tmp_path / name, epoch_dir / name)
     files = method.explain(
         new_state,
         ExplainRequest(rec.path, str(out_dir), str(tmp_path), boxes=((4, 4, 20, 20),)),

@@ -3,80 +3,16 @@
 marker, or rejecting the concept it drives, must correct the predictions the model got wrong.
 
 The default test trains all three CSR stages (CsrMethod losses and optimizers) on tiny procedural
-images; the slow one runs the real trainer on ``configs/csr_tbx11k.py:clever_hans``.
+images (``hans_model.py``); the slow one runs the real trainer on
+``configs/csr_tbx11k.py:clever_hans``.
 """
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import csr_tbx11k
-from jaxproto.data.records import DatasetIndex, Record
 from jaxproto.methods.csr import interact
-from jaxproto.methods.csr.method import CsrMethod
-
-SIZE = 24
-MARKER = (0, 0, 5, 5)  # x, y, w, h: top-left corner
-
-
-class SmallBackbone(nn.Module):
-    @nn.compact
-    def __call__(self, x, train=False):
-        x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x))
-        x = nn.relu(nn.Conv(16, (3, 3))(x))
-        return {"layer3": nn.Conv(16, (3, 3), strides=2)(x)}  # 6x6 grid
-
-
-def _images(rng, n, marker_on_class):
-    """Concept 0 = faint red square, concept 1 = blue square; class 1 iff concept 0.
-    ``marker_on_class``: the class whose images carry the bright green marker."""
-    x = rng.normal(0.0, 0.05, (n, SIZE, SIZE, 3)).astype(np.float32)
-    concepts = (rng.random((n, 2)) < 0.5).astype(np.float32)
-    for i in range(n):
-        for k, color in ((0, (0.6, 0.0, 0.0)), (1, (0.0, 0.0, 1.5))):
-            if concepts[i, k]:
-                r, c = rng.integers(7, SIZE - 6, 2)
-                x[i, r : r + 6, c : c + 6] += np.asarray(color, np.float32)
-        if int(concepts[i, 0]) == marker_on_class:
-            x[i, :5, :5, 1] += 2.0
-    return x, concepts, concepts[:, 0].astype(np.int32)
-
-
-def _train(method, x, concepts, labels, steps, rng):
-    state = method.init(jax.random.key(0))
-    opts = method.optimizers(steps_per_epoch=steps // 3)
-    state["opt"] = {k: tx.init(state["params"]) for k, tx in opts.items()}
-    stages = {p.optimizer: p for p in method.phases()}.values()  # one phase per stage
-    for phase, n in zip(stages, (steps, steps // 2, steps), strict=True):
-        tx = opts[phase.optimizer]
-
-        @jax.jit
-        def step(state, batch, phase=phase, tx=tx):
-            (_, (_, upd)), g = jax.value_and_grad(method.loss, has_aux=True)(
-                state["params"], state, batch, jax.random.key(0), phase
-            )
-            u, o = tx.update(g, state["opt"][phase.optimizer], state["params"])
-            return {
-                **state,
-                **upd,
-                "params": optax.apply_updates(state["params"], u),
-                "opt": {**state["opt"], phase.optimizer: o},
-            }
-
-        for _ in range(n):
-            i = rng.choice(len(x), 32, replace=False)
-            state = step(
-                state,
-                {
-                    "image": jnp.asarray(x[i]),
-                    "concepts": jnp.asarray(concepts[i]),
-                    "label": jnp.asarray(labels[i]),
-                },
-            )
-    return state
+from tests.methods.csr.hans_model import MARKER, images, trained_method
 
 
 def _correction_report(method, state, images, labels, boxes_neg):
@@ -107,33 +43,14 @@ def _correction_report(method, state, images, labels, boxes_neg):
 
 
 def test_negative_box_and_rejection_fix_clever_hans():
-    rng = np.random.default_rng(0)
-    x, concepts, labels = _images(rng, 512, marker_on_class=1)
-    cfg = csr_tbx11k.get_config("synthetic")
-    cfg.model.image_size = SIZE
-    cfg.model.prototypes_per_concept = 4
-    cfg.model.proj_dim = 16
-    cfg.optim.stage1.lr, cfg.optim.stage3.lr = 3e-3, 3e-2
-    recs = [
-        Record(f"r{i}", "", np.eye(2, dtype=np.float32)[labels[i]], concepts=concepts[i])
-        for i in range(len(x))
-    ]
-    index = DatasetIndex(
-        "hans",
-        ["negative", "positive"],
-        {"train": recs},
-        multilabel=False,
-        concept_names=["red", "blue"],
-    )
-    method = CsrMethod(cfg, index, backbone=SmallBackbone())
-    state = _train(method, x, concepts, labels, steps=150, rng=rng)
+    method, state = trained_method()
 
     # Clean test images (no marker) are classified well: the model did learn the task ...
-    xc, _, yc = _images(np.random.default_rng(1), 128, marker_on_class=-1)
+    xc, _, yc = images(np.random.default_rng(1), 128, marker_on_class=-1)
     clean = interact.CsrSession(method.model, state, xc).predict()
     assert np.mean(np.argmax(clean["probs"], -1) == yc) > 0.8
     # ... but the marker on negative images fools it (the Clever-Hans effect exists).
-    xt, _, yt = _images(np.random.default_rng(2), 128, marker_on_class=0)
+    xt, _, yt = images(np.random.default_rng(2), 128, marker_on_class=0)
     neg = yt == 0
     report = _correction_report(method, state, xt[neg], yt[neg], [MARKER])
     print("clever-hans report:", report)

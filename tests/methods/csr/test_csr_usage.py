@@ -37,11 +37,19 @@ def test_revive_picks_far_vectors_and_respects_patience():
         np.testing.assert_allclose(new[kk, mm], cand[best] * scale, rtol=1e-5)
 
 
-def test_reset_moments_zeroes_only_revived_rows():
+def test_reset_moments_fresh_rows_only():
     revived = np.array([[False, True], [False, False]])
     mu = np.ones((2, 2, 3), np.float32)
-    opt = {"inner": {"mu": {"prototypes": mu, "proj": np.ones((2, 2, 3))}, "count": np.int32(5)}}
+    nu = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    opt = {
+        "inner": {"mu": {"prototypes": mu, "proj": np.ones((2, 2, 3))}, "count": np.int32(5)},
+        "nu": {"prototypes": nu},
+    }
     out = usage.reset_moments(opt, revived)
-    assert out["inner"]["mu"]["prototypes"][0, 1].sum() == 0
-    assert out["inner"]["mu"]["prototypes"].sum() == 9
+    got_mu, got_nu = out["inner"]["mu"]["prototypes"], out["nu"]["prototypes"]
+    assert got_mu[0, 1].sum() == 0 and got_mu.sum() == 9
+    np.testing.assert_array_equal(got_nu[0, 1], nu[0, 0])  # mean of the concept's others
+    np.testing.assert_array_equal(
+        np.delete(got_nu.reshape(4, 3), 1, 0), np.delete(nu.reshape(4, 3), 1, 0)
+    )
     assert out["inner"]["mu"]["proj"].sum() == 12 and out["inner"]["count"] == 5

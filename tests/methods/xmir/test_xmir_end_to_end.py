@@ -25,7 +25,7 @@ def test_train_evaluate_export_predict_retrieve(tmp_path, capsys):
 
     assert cli.run(evaluate.main, ["--workdir", workdir]) == 0
     result = json.load(open(os.path.join(workdir, "eval", "test.json")))
-    assert set(result) == {"R@1", "P@1", "R@5", "P@5", "R@10", "P@10", "mAP", "MAP@R"}
+    assert {"R@1", "P@10", "mAP", "MAP@R", "mean_average_precision", "r_precision"} <= set(result)
     assert "leave-one-out retrieval" in capsys.readouterr().out
     assert cli.run(export.main, ["--workdir", workdir, "--out", exp]) == 0
 

@@ -68,7 +68,10 @@ def test_evaluate_keys(tiny):
     emb = np.eye(3, 4)[class_labels(records)] + 0.01
     out = method.evaluate({"embedding": emb.astype(np.float32)}, records)
     assert out["R@1"] == 1.0 and out["mAP"] < 1.0  # self counted at the last rank
-    assert set(out) == {"R@1", "P@1", "R@5", "P@5", "R@10", "P@10", "mAP", "MAP@R"}
+    assert set(out) == {"R@1", "P@1", "R@5", "P@5", "R@10", "P@10", "mAP", "MAP@R"} | {
+        "mean_average_precision",
+        "r_precision",
+    }
 
 
 def test_anomaly_variant_leaves_class_out():
@@ -89,18 +92,37 @@ def test_batch_size_mismatch_is_an_error():
         XmirMethod(cfg, synthetic_index(cfg.data))
 
 
-@pytest.mark.slow  # three densenet_tiny compiles (~15 s idle, > 60 s on a loaded machine)
-def test_saliency_maps_shapes(tiny):
+@pytest.mark.slow  # one densenet_tiny compile per method (> 60 s on a loaded machine)
+def test_saliency_maps_of_every_method(tiny):
+    from jaxproto.common.errors import UserError
+    from jaxproto.methods.xmir import saliency
+    from jaxproto.methods.xmir.method import SALIENCY_METHODS, SaliencySettings
+
     cfg, index, method, state = tiny
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    recs = index.split("test")[:2]
-    q, r = (jnp.asarray(method.eval_example(x)["image"]) for x in recs)
-    maps = method.saliency_maps(variables, q, r, sbsm_window=16, sbsm_stride=16, chunk_size=4)
-    assert set(maps) == {"sbsm", "simatt", "simcam"}
-    for m in maps.values():
-        assert m.shape == (32, 32) and np.all(np.isfinite(m)) and m.min() >= 0
-    with pytest.raises(ValueError, match="unknown saliency"):
+    recs = index.split("test")[:3]
+    q, r, n = (jnp.asarray(method.eval_example(x)["image"]) for x in recs)
+    settings = SaliencySettings(sbsm_window=16, sbsm_stride=16, chunk_size=4)
+    mask = jnp.zeros((32, 32)).at[4:20, 8:24].set(1.0)
+    maps = method.saliency_maps(
+        variables, q, r, SALIENCY_METHODS, settings, negative=n, query_mask=mask
+    )
+    assert tuple(maps) == SALIENCY_METHODS
+    for name, m in maps.items():
+        assert m.shape == (32, 32) and np.all(np.isfinite(m)) and m.min() >= 0, name
+    # self maps are the retrieved image against itself; the masked query changes SBSM
+    np.testing.assert_allclose(
+        maps["self_simcam"], method.saliency_maps(variables, r, r, ("simcam",))["simcam"]
+    )
+    full = method.saliency_maps(variables, q, r, ("sbsm", "sbsm_mask"), settings)
+    np.testing.assert_allclose(full["sbsm_mask"], full["sbsm"], atol=1e-6)
+    assert not np.allclose(maps["sbsm_mask"], maps["sbsm"])
+    triplet = saliency.simatt_maps(method.features, method.head, variables, q, r, n)
+    np.testing.assert_allclose(maps["simatt_triplet"], triplet[1])
+    with pytest.raises(UserError, match="unknown saliency"):
         method.saliency_maps(variables, q, r, ("gradcam",))
+    with pytest.raises(UserError, match="needs a negative"):
+        method.saliency_maps(variables, q, r, ("simatt_triplet",))
 
 
 @pytest.mark.parametrize("module", ["xmir_isic", "xmir_covidx"])

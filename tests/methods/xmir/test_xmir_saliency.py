@@ -291,15 +291,19 @@ def test_sbsm_feature_matches_cell_loop(with_fc):
 def test_simscorecam_matches_channel_loop(masking):
     rng = np.random.default_rng(12)
     params = _feature_params(rng, False)
-    params["proj"] = params["proj"].at[:, 0].set(-jnp.abs(params["proj"][:, 0]))  # dead channel
+    params["proj"] = params["proj"].at[:, 0].set(0.0)  # a dead (constant) channel
     params["lin"] = jnp.asarray(rng.normal(size=(H * W * 3, 6)).astype(np.float32) * 0.1)
 
     def embed(p, x):
         return l2_normalize(jnp.tanh(x.reshape(x.shape[0], -1) @ p["lin"]))
 
-    x = np.abs(rng.normal(size=(H, W, 3))).astype(np.float32)
-    q = np.asarray(embed(params, jnp.asarray(rng.normal(size=(1, H, W, 3)), jnp.float32)))[0]
-    feats = np.asarray(region_features(params, jnp.asarray(x[None])))[0]
+    def cell_features(p, x):  # (B, 4, 4, 5): every cell varies; channel 0 is dead (ReLU)
+        cells = x.reshape(x.shape[0], 4, 4, 4, 4, 3).mean(axis=(2, 4))
+        return jax.nn.relu(cells @ p["proj"])
+
+    x = rng.normal(size=(H, W, 3)).astype(np.float32)
+    q = np.asarray(embed(params, jnp.asarray(x[None] + 0.1)))[0]
+    feats = np.asarray(cell_features(params, jnp.asarray(x[None])))[0]
     act = np.asarray(upsample(jnp.asarray(np.moveaxis(feats, -1, 0)), (H, W)), np.float64)
     base = np.linalg.norm(q - np.asarray(embed(params, jnp.asarray(x[None])))[0])
     scores, kept = [], []
@@ -314,10 +318,11 @@ def test_simscorecam_matches_channel_loop(masking):
         kept.append(a)
     assert 0 < len(kept) < act.shape[0]
     s = np.array(scores)
+    assert s.max() > s.min()
     s = (s - s.min()) / (s.max() - s.min())
     ref = np.mean(s[:, None, None] * np.stack(kept), axis=0)
     got = simscorecam_saliency(
-        embed, region_features, params, jnp.asarray(q), jnp.asarray(x), masking=masking,
+        embed, cell_features, params, jnp.asarray(q), jnp.asarray(x), masking=masking,
         chunk_size=2,
     )  # fmt: skip
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-6)
@@ -361,8 +366,8 @@ def test_simatt_channel_weights_hand_computed_with_zero_activations():
 
     feats, alpha = simatt_channel_weights(lambda p, x: x, head, params, jnp.asarray(a))
     # by hand: e_t = mean_ij A_t W + b, w = 1 - |e0/|e0| - e1/|e1||, alpha_t = sign(e_t) w W^T / 4
-    e = a.reshape(2, 4, 3).mean(1) @ kernel + bias  # [[0.5, 1.75], [1.0, 1.0]] + ...
-    np.testing.assert_allclose(e, [[0.75, 1.25], [1.25, 0.5]], atol=1e-6)
+    e = a.reshape(2, 4, 3).mean(1) @ kernel + bias  # GAP: [[.25, 0, .75], [1, .25, 0]]
+    np.testing.assert_allclose(e, [[0.0, 1.75], [2.0, -1.0]], atol=1e-6)  # sign(0) = 0
     u = e / np.linalg.norm(e, axis=1, keepdims=True)
     w = 1 - np.abs(u[0] - u[1])
     want = (np.sign(e) * w) @ kernel.T / 4.0

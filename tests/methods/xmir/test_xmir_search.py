@@ -68,3 +68,33 @@ def test_embed_images_pads_last_batch():
     )
     assert seen == [2, 2, 2]
     np.testing.assert_array_equal(out[:, 0], np.arange(5))
+
+
+@pytest.mark.parametrize("chunk_size", [5, 64, 1000])
+def test_knn_sharded_over_devices_matches_brute_force(chunk_size):
+    import jax
+
+    rng = np.random.default_rng(4)
+    gallery, queries = _unit(rng, 203, 16), _unit(rng, 6, 16)
+    mesh = search.gallery_mesh(jax.devices())  # 8 fake CPU devices in the tests
+    d, idx = search.knn(queries, gallery, k=9, chunk_size=chunk_size, mesh=mesh)
+    ref = np.linalg.norm(queries[:, None].astype(np.float64) - gallery[None], axis=-1)
+    ref_idx = np.argsort(ref, axis=1)[:, :9]
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(d, np.take_along_axis(ref, ref_idx, 1), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_faiss_index_recall_against_exact(kind):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(5)
+    centres = _unit(rng, 20, 32)
+    gallery = centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 32))
+    gallery = (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).astype(np.float32)
+    queries = gallery[:50] + 0.01
+    _, exact = search.knn(queries, gallery, k=10)
+    index = search.FaissIndex(gallery, kind=kind, nprobe=32)
+    d, approx = index.search(queries, 10)
+    assert search.recall_at_k(approx, exact) >= 0.95
+    assert np.all(np.diff(d, axis=1) >= -1e-6)
+    assert search.recall_at_k(exact, exact) == 1.0

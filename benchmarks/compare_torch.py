@@ -1,0 +1,337 @@
+"""jaxproto vs PyTorch, side by side: the same CIPL step of the same model in one process.
+
+CIPL on DenseNet-121 (cipl.md §1: pre-norm5 tap, biased 1x1 top layer, sigmoid add-on, squared-L2
+prototype layer, last layer) with the joint Adam step of the warm-up (background CE + cluster +
+separation) and of the main stage (pairs, EMA teacher forward on the re-views, co-attention CE,
+interpretation and prediction alignment), and the eval forward. The PyTorch side is written here
+from the spec on the test suite's torchvision-layout DenseNet (``tests/torch_reference_models``);
+the jaxproto side is ``core.trainer.make_train_step`` of ``CiplMethod``'s phases. Both get the
+same random batch and the same number of threads; repetitions alternate between the two
+frameworks so machine noise hits both. One JSON line per step kind: images/s of each (median
+over repetitions) and their ratio (jaxproto / torch; > 1 means jaxproto is faster).
+
+    python benchmarks/compare_torch.py                      # 224 px, batch 4, all cores
+    python benchmarks/compare_torch.py --threads 2 --repeats 5
+    python benchmarks/compare_torch.py --backbone densenet_tiny --image-size 64 --repeats 1  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _threads_from_argv() -> int:
+    """--threads must be known before jax is imported (XLA reads its flags at start-up)."""
+    for i, a in enumerate(sys.argv):
+        if a == "--threads" and i + 1 < len(sys.argv):
+            return int(sys.argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return len(os.sched_getaffinity(0))
+
+
+THREADS = _threads_from_argv()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true"
+    f" intra_op_parallelism_threads={THREADS}"
+).strip()
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from jaxproto.backbones.densenet import CONFIGS  # noqa: E402
+from jaxproto.core.trainer import init_state, make_train_step  # noqa: E402
+from jaxproto.data.records import DatasetIndex  # noqa: E402
+from jaxproto.methods.cipl import config as cipl_config  # noqa: E402
+from jaxproto.methods.cipl.method import CiplMethod  # noqa: E402
+from tests import torch_reference_models as ref  # noqa: E402
+
+
+def _emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+# ----------------------------------------------------------------------------- PyTorch CIPL
+
+
+class TorchCiplNet(nn.Module):
+    """CIPL network (cipl.md §1) in PyTorch, NCHW."""
+
+    def __init__(self, backbone: str, num_classes: int, ppc: int, dim: int, scale: float):
+        super().__init__()
+        self.features = ref.DenseNet(**CONFIGS[backbone]).features
+        self.toplayer = nn.Conv2d(self.features.norm5.num_features, dim, 1)
+        self.add_on = nn.Sequential(
+            nn.Conv2d(dim, dim, 1), nn.ReLU(), nn.Conv2d(dim, dim, 1), nn.Sigmoid()
+        )
+        p = num_classes * ppc
+        self.prototype_vectors = nn.Parameter(torch.rand(p, dim))
+        self.last_layer = nn.Linear(p, num_classes, bias=False)
+        self.scale = scale
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        for name, module in self.features.named_children():
+            if name == "norm5":
+                break  # the tap is denseblock4's output, before norm5
+            x = module(x)
+        return self.add_on(self.toplayer(x))
+
+    def classify(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.prototype_vectors
+        z2 = (z * z).sum(1, keepdim=True)
+        zp = torch.einsum("nchw,pc->nphw", z, p)
+        d = F.relu(z2 + (-2.0 * zp + (p * p).sum(1)[None, :, None, None]))
+        min_d = d.amin(dim=(2, 3))
+        logits = self.last_layer(torch.exp(-min_d / self.scale))
+        return {"distances": d, "min_distances": min_d, "logits": logits}
+
+
+def _background_ce(logits, labels, fg, bg):
+    margin = logits[:, fg] - logits[:, bg : bg + 1]
+    y = labels[:, fg]
+    return -(y * F.logsigmoid(margin) + (1 - y) * F.logsigmoid(-margin)).mean()
+
+
+def _proto_terms(out, labels, fg, bg, identity, c):
+    min_d = out["min_distances"]
+    big = min_d.max().detach() + 1.0
+    own = identity.T[None] > 0
+    per_class = torch.where(own, min_d[:, None, :], big).amin(-1)
+    cluster = (per_class * labels).sum(-1).mean()
+    positive = (labels @ identity.T) > 0
+    separation = torch.where(positive, big, min_d).amin(-1).mean()
+    ce = _background_ce(out["logits"], labels, fg, bg)
+    return c.crs_ent * ce + c.clst * cluster + c.sep * F.relu(c.sep_margin - separation)
+
+
+def _co_attention(za, zb):
+    n, d, h, w = za.shape
+    a, b = za.flatten(2).transpose(1, 2), zb.flatten(2).transpose(1, 2)  # (N, M, D)
+    a2 = -((a[:, :, None, :] - b[:, None, :, :]) ** 2).sum(-1)
+    attn_a, attn_b = a2.softmax(1), a2.softmax(2)
+    fb_co = torch.einsum("nij,nid->njd", attn_a, a)
+    fa_co = torch.einsum("nij,njd->nid", attn_b, b)
+    back = lambda t: t.transpose(1, 2).reshape(n, d, h, w)  # noqa: E731
+    return back(fa_co), back(fb_co)
+
+
+def _interpretation(student, teacher, eps=1e-12):
+    sn = student / student.norm(dim=1, keepdim=True).clamp_min(eps)
+    tn = teacher / teacher.norm(dim=1, keepdim=True).clamp_min(eps)
+    return (1 - (sn * tn).sum(1)).sum((1, 2)).mean()
+
+
+def _prediction(s_logits, t_logits, fg, bg, temperature):
+    def probs(z):
+        pair = torch.stack([z[:, bg : bg + 1].expand(-1, len(fg)), z[:, fg]], -1)
+        return (pair / temperature).softmax(-1)
+
+    qs, qt = probs(s_logits), probs(t_logits.detach())
+    gs = torch.einsum("ikc,jkc->kij", qs, qs)
+    gt = torch.einsum("ikc,jkc->kij", qt, qt)
+    n = s_logits.shape[0]
+    return ((gt - gs) ** 2).sum() / (len(fg) * n * n)
+
+
+class TorchCipl:
+    """Student, EMA teacher and the joint Adam (per-group learning rates, last layer frozen)."""
+
+    def __init__(self, method: CiplMethod):
+        cfg = method.config
+        m = cfg.model
+        self.cfg, self.bg = cfg, method.background
+        self.fg_eval, self.fg_main = list(method.fg_eval), list(method.fg_main)
+        self.identity = torch.from_numpy(np.asarray(method.identity))
+        shape = (m.backbone, method.num_classes, m.prototypes_per_class, m.proto_dim)
+        self.net = TorchCiplNet(*shape, method.model.similarity_scale)
+        self.teacher = TorchCiplNet(*shape, method.model.similarity_scale)
+        self.teacher.load_state_dict(self.net.state_dict())
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.net.last_layer.weight.requires_grad_(False)
+        o = cfg.optim
+        groups = [
+            {
+                "params": [*self.net.features.parameters(), *self.net.toplayer.parameters()],
+                "lr": o.backbone_lr,
+            },
+            {"params": list(self.net.add_on.parameters()), "lr": o.add_on_lr},
+            {"params": [self.net.prototype_vectors], "lr": o.prototypes_lr},
+        ]
+        self.opt = torch.optim.Adam(groups, betas=(o.b1, o.b2), eps=o.eps)
+
+    def warmup_step(self, batch) -> None:
+        self.net.train()
+        out = self.net.classify(self.net.embed(batch["image"]))
+        loss = _proto_terms(
+            out, batch["labels"], self.fg_eval, self.bg, self.identity, self.cfg.loss
+        )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def main_step(self, batch) -> None:
+        c, mom = self.cfg.loss, float(self.cfg.model.ema_momentum)
+        self.net.train()
+        self.teacher.train()
+        with torch.no_grad():  # EMA from the pre-update student, then the teacher forward
+            for t, s in zip(self.teacher.parameters(), self.net.parameters(), strict=True):
+                t.mul_(mom).add_(s.detach(), alpha=1 - mom)
+            t_out = self.teacher.classify(
+                self.teacher.embed(torch.cat([batch["view_a"], batch["view_b"]]))
+            )
+            t_sim = torch.exp(-t_out["distances"] / self.net.scale)
+        za, zb = self.net.embed(batch["image_a"]), self.net.embed(batch["image_b"])
+        out = self.net.classify(torch.cat([za, zb]))
+        labels = torch.cat([batch["labels_a"], batch["labels_b"]])
+        total = _proto_terms(out, labels, self.fg_main, self.bg, self.identity, c)
+        co_a, co_b = _co_attention(za, zb)
+        co_logits = self.net.classify(torch.cat([co_a, co_b]))["logits"]
+        common = batch["labels_a"] * batch["labels_b"]
+        l_co = _background_ce(co_logits, torch.cat([common, common]), self.fg_main, self.bg)
+        l_int = _interpretation(torch.exp(-out["distances"] / self.net.scale), t_sim)
+        l_pred = _prediction(
+            out["logits"], t_out["logits"], self.fg_main, self.bg, float(c.pred_temperature)
+        )
+        total = total + c.cross_att * l_co + c.inte_align * l_int + c.pred_align * l_pred
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+
+    @torch.no_grad()
+    def forward(self, images) -> torch.Tensor:
+        self.net.eval()
+        return self.net.classify(self.net.embed(images))["logits"]
+
+
+# ----------------------------------------------------------------------------- harness
+
+
+def _batches(method: CiplMethod, size: int, b: int, rng: np.random.Generator) -> dict:
+    c = method.num_classes
+
+    def img():
+        return rng.normal(size=(b, size, size, 3)).astype(np.float32)
+
+    def lab():
+        y = (rng.random((b, c)) < 0.3).astype(np.float32)
+        y[:, method.background] = (y.sum(1) == 0).astype(np.float32)  # every image has a label
+        return y
+
+    return {
+        "warmup": {"image": img(), "labels": lab()},
+        "main": {
+            "image_a": img(),
+            "image_b": img(),
+            "view_a": img(),
+            "view_b": img(),
+            "labels_a": lab(),
+            "labels_b": lab(),
+        },
+    }
+
+
+def _to_torch(batch: dict) -> dict:
+    return {
+        k: torch.from_numpy(v).permute(0, 3, 1, 2).contiguous()
+        if v.ndim == 4
+        else torch.from_numpy(v)
+        for k, v in batch.items()
+    }
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=4, help="images (warm-up) or pairs (main)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=THREADS, help="both frameworks")
+    parser.add_argument(
+        "--backbone", choices=sorted(CONFIGS), default="densenet121", help="densenet_tiny: smoke"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+
+    config = cipl_config.get_config(
+        "chestxray14", f"image_size={args.image_size},backbone={args.backbone}"
+    )
+    names = [f"class{k}" for k in range(15)]
+    method = CiplMethod(config, DatasetIndex("bench", names, {}, background_class=14))
+    optimizers = method.optimizers(steps_per_epoch=1000)
+    phases = {p.loss: p for p in method.phases() if p.loss in ("warmup", "main")}
+    state = jax.jit(lambda: init_state(method, optimizers, 0))()
+    steps = {
+        name: jax.jit(make_train_step(method, ph, optimizers[ph.optimizer]), donate_argnums=0)
+        for name, ph in phases.items()
+    }
+    forward = jax.jit(lambda s, x: method.apply_eval(s, x)["logits"])
+    tm = TorchCipl(method)
+    batches = _batches(method, args.image_size, args.batch, rng)
+    tbatches = {k: _to_torch(v) for k, v in batches.items()}
+    images = {"warmup": args.batch, "main": 2 * args.batch, "forward": args.batch}
+
+    holder = {"state": state}
+
+    def jax_step(name):
+        def run():
+            holder["state"], metrics = steps[name](holder["state"], batches[name])
+            jax.block_until_ready(metrics)
+
+        return run
+
+    def jax_forward():
+        jax.block_until_ready(forward(holder["state"], batches["warmup"]["image"]))
+
+    runs = {
+        "warmup": (jax_step("warmup"), lambda: tm.warmup_step(tbatches["warmup"])),
+        "main": (jax_step("main"), lambda: tm.main_step(tbatches["main"])),
+        "forward": (jax_forward, lambda: tm.forward(tbatches["warmup"]["image"])),
+    }
+    compile_s = {name: _seconds(j) for name, (j, _) in runs.items()}  # first call: compile
+    for _, t in runs.values():
+        t()  # torch warm-up (allocator, oneDNN primitive caches)
+    times: dict[str, dict[str, list[float]]] = {n: {"jax": [], "torch": []} for n in runs}
+    for _ in range(args.repeats):
+        for name, (j, t) in runs.items():  # interleaved: jax, torch, jax, torch, ...
+            times[name]["jax"].append(_seconds(j))
+            times[name]["torch"].append(_seconds(t))
+    for name, t in times.items():
+        jax_ips = images[name] / statistics.median(t["jax"])
+        torch_ips = images[name] / statistics.median(t["torch"])
+        _emit(
+            bench="compare_torch",
+            model="cipl_densenet121",
+            step=name,
+            image_size=args.image_size,
+            batch=args.batch,
+            images_per_step=images[name],
+            threads=args.threads,
+            repeats=args.repeats,
+            jaxproto_images_per_sec=jax_ips,
+            torch_images_per_sec=torch_ips,
+            ratio=jax_ips / torch_ips,
+            jaxproto_compile_sec=compile_s[name],
+            jax_version=jax.__version__,
+            torch_version=torch.__version__,
+        )
+
+
+if __name__ == "__main__":
+    main()

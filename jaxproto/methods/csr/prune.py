@@ -1,0 +1,186 @@
+"""Training-time interaction (specs/csr.md §4.3, issue #15 item 2): remove prototypes from the
+atlas and re-fit only the task head H on cached similarity scores.
+
+The backbone, projector and cosine maps run once per image (``interact.CsrSession``); the
+re-fit trains H (``optim.stage3`` settings, from its current weights) on the masked training
+scores s ⊙ mask, so no backbone pass is repeated. ``prune`` returns the new state, a record of
+what was removed (who, when) and the test metrics before, after masking only (``refine.mode
+= mask``) and after masking and re-fitting (``mask_retrain``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxproto.core import outputs
+from jaxproto.core.logging import Progress
+from jaxproto.data.records import Record
+from jaxproto.methods.csr import interact, losses
+from jaxproto.methods.csr.model import ALIVE_PROTOTYPES, CONCEPT_MAPS
+
+log = logging.getLogger(__name__)
+
+
+class CachedScores:
+    """Similarity maps S of ``records`` computed once, in batches, and what follows from them."""
+
+    def __init__(self, method, state: dict, records: Sequence[Record], batch_size: int = 64):
+        sims, concept_probs = [], []
+        with Progress(len(records), "similarity maps") as bar:
+            for start in range(0, len(records), batch_size):
+                chunk = records[start : start + batch_size]
+                x = np.stack([method.eval_example(r)["image"] for r in chunk])
+                session = interact.CsrSession(
+                    method.model, state, x, method.config.model.clip_negative
+                )
+                sims.append(np.asarray(session.sims))
+                concept_probs.append(np.asarray(jax.nn.sigmoid(session.concept_logits)))
+                bar.update(len(chunk))
+        self.sims = np.concatenate(sims)  # (N, K, M, H, W)
+        self.concept_probs = np.concatenate(concept_probs)
+        self.records = list(records)
+
+    def scores(self, mask: np.ndarray) -> np.ndarray:
+        """s (N, K·M): max over the map of each prototype, pruned ones zeroed (no interaction,
+        so clipping follows ``clip_negative="interactive_only"``: none)."""
+        s = self.sims.max(axis=(-2, -1)) * mask[None]
+        return s.reshape(len(s), -1).astype(np.float32)
+
+    def predictions(self, method, state: dict, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """What ``method.evaluate`` needs, for the mask and the state's head."""
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        logits = method.model.apply(
+            variables, jnp.asarray(self.scores(mask)), method=lambda m, v: m.head(v, train=False)
+        )
+        alive = mask[None, :, :, None, None] > 0
+        return {
+            outputs.LOGITS: np.asarray(logits),
+            outputs.CONCEPT_PROBS: self.concept_probs,
+            CONCEPT_MAPS: np.where(alive, self.sims, -1.0).max(axis=2),
+            ALIVE_PROTOTYPES: np.full(len(logits), mask.sum(), np.float32),
+        }
+
+
+def refit_head(method, state: dict, scores: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
+    """State with H (and its input BN, if any) re-trained with cross-entropy on cached scores,
+    starting from the current head, with the ``optim.stage3`` schedule and batch size."""
+    o = method.config.optim.stage3
+    batch = int(method.config.train.batch_size)
+    steps_per_epoch = max(1, len(scores) // batch)
+    steps = max(1, int(round(float(o.epochs) * steps_per_epoch)))
+    if o.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(o.lr, steps, alpha=o.end_lr / o.lr)
+    else:
+        lr = optax.constant_schedule(o.lr)
+    head_keys = [k for k in ("task_head", "head_bn") if k in state["params"]]
+    params = {k: state["params"][k] for k in head_keys}
+    stats = dict(state["batch_stats"])
+    tx = optax.adamw(lr, weight_decay=o.wd)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, stats, s, y):
+        def loss_fn(p):
+            logits, upd = method.model.apply(
+                {"params": {**state["params"], **p}, "batch_stats": stats},
+                s,
+                method=lambda m, v: m.head(v, train=True),
+                mutable=["batch_stats"],
+            )
+            return losses.task_cross_entropy(logits, y), upd["batch_stats"]
+
+        (loss, new_stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), opt, {**stats, **new_stats}, loss
+
+    rng = np.random.default_rng(seed)
+    order = np.zeros(0, np.int64)
+    for _ in range(steps):
+        if len(order) < batch:
+            order = np.concatenate([order, rng.permutation(len(scores))])
+        idx, order = order[:batch], order[batch:]
+        params, opt, stats, loss = step(
+            params, opt, stats, jnp.asarray(scores[idx]), jnp.asarray(labels[idx])
+        )
+    log.info("task head re-fitted: %d steps, last loss %.4f", steps, float(loss))
+    return {**state, "params": {**state["params"], **params}, "batch_stats": stats}
+
+
+def prototypes_in_box(
+    method, state: dict, train: Sequence[Record], box: tuple[float, float, float, float]
+) -> list[int]:
+    """Flat ids of the prototypes whose atlas patch — the arg-max of their similarity map on
+    their atlas image — lies in ``box`` (x, y, w, h in network-input pixels), e.g. a spurious
+    marker."""
+    atlas = np.asarray(jax.device_get(state["extra"]["atlas_index"]))
+    k_count, m_count = atlas.shape
+    linked = sorted({int(i) for i in atlas.ravel() if i >= 0})
+    if not linked:
+        return []
+    cache = CachedScores(method, state, [train[i] for i in linked])
+    row = {i: n for n, i in enumerate(linked)}
+    gh, gw = cache.sims.shape[-2:]
+    size = method.image_size
+    cells = interact.importance_map([box], [], 0.0, (gh, gw), (size, size)) > 0
+    out = []
+    for k in range(k_count):
+        for m in range(m_count):
+            i = int(atlas[k, m])
+            if i < 0:
+                continue
+            r, c = np.unravel_index(int(np.argmax(cache.sims[row[i], k, m])), (gh, gw))
+            if cells[r, c]:
+                out.append(k * m_count + m)
+    return out
+
+
+def prune(
+    method,
+    state: dict,
+    prototype_ids: Sequence[int],
+    train: Sequence[Record],
+    test: Sequence[Record],
+    by: str,
+) -> tuple[dict, dict]:
+    """(new state, record): prototypes masked, H re-fitted on cached training scores; the
+    record names what was removed, by whom and when, with test metrics before/after."""
+    from_state = np.asarray(jax.device_get(state["extra"]["proto_mask"]))
+    mask = from_state.copy()
+    k_count, m_count = mask.shape
+    for pid in prototype_ids:
+        if not 0 <= int(pid) < k_count * m_count:
+            raise interact.InteractionError(
+                f"prototype id {pid} out of range [0, {k_count * m_count}) (K={k_count}, "
+                f"M={m_count})"
+            )
+        mask[int(pid) // m_count, int(pid) % m_count] = 0.0
+    train_cache = CachedScores(method, state, train)
+    test_cache = CachedScores(method, state, test)
+    labels = np.array([int(np.argmax(r.labels)) for r in train], np.int32)
+    refit = refit_head(
+        method, state, train_cache.scores(mask), labels, int(method.config.train.seed)
+    )
+    new_state = {**refit, "extra": {**refit["extra"], "proto_mask": jnp.asarray(mask)}}
+
+    def metrics(st, msk):
+        res = method.evaluate(test_cache.predictions(method, st, msk), test)
+        keep = ("macro_f1", "accuracy", "pointing_game", "pointing_game_grid", "num_prototypes")
+        return {k: res[k] for k in keep if k in res}
+
+    record = {
+        "removed": sorted(int(p) for p in prototype_ids),
+        "by": by,
+        "at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "refit": "task head on cached similarity scores (optim.stage3)",
+        "before": metrics(state, from_state),
+        "mask_only": metrics(state, mask),
+        "after": metrics(new_state, mask),
+    }
+    return new_state, record

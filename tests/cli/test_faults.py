@@ -1,0 +1,270 @@
+"""Nothing lost, nothing silent (issue #19): damaged checkpoints fall back to the newest intact
+step, a workdir of another config is refused with the differing keys, a running workdir is
+locked, config mistakes stop before any work, --dry_run writes nothing."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jaxproto import export, train
+from jaxproto.common import cli
+from jaxproto.common import config as config_lib
+from jaxproto.common.errors import ConfigError, UserError
+from jaxproto.core import checkpoint, workdir
+from jaxproto.methods import build_trainer
+
+TINY = [
+    ("model.image_size", "32"),
+    ("data.num_train", "16"),
+    ("data.num_test", "8"),
+    ("train.batch_size", "8"),
+    ("train.eval_batch_size", "8"),
+    ("train.epochs", "3.0"),
+    ("train.eval_every_epochs", "0.0"),
+    ("train.checkpoint_every_steps", "2"),
+    ("train.keep_checkpoints", "3"),
+    ("train.best_metric", ""),
+]
+
+
+def _spec(repo_root):
+    return os.path.join(repo_root, "configs", "baseline_odir.py") + ":synthetic"
+
+
+def _config(repo_root, extra=()):
+    return config_lib.build_config(_spec(repo_root), [*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def run(repo_root, tmp_path_factory):
+    """A finished tiny run with checkpoints at steps 2, 4 and 6."""
+    wd = tmp_path_factory.mktemp("run") / "wd"
+    build_trainer(_config(repo_root), str(wd), devices=jax.devices()[:1]).train()
+    assert [int(s) for s in sorted(os.listdir(wd / "ckpt")) if s.isdigit()] == [2, 4, 6]
+    return wd
+
+
+def _copy(run, tmp_path):
+    dst = tmp_path / "wd"
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _export(wd, out, capsys, which="latest"):
+    argv = ["--workdir", str(wd), "--out", str(out), "--checkpoint", which]
+    code = cli.run(export.main, argv)
+    return code, capsys.readouterr().err
+
+
+def test_half_deleted_latest_checkpoint_falls_back(run, tmp_path, capsys, caplog):
+    wd = _copy(run, tmp_path)
+    os.remove(wd / "ckpt" / "6" / "state" / "manifest.ocdbt")
+    code, _ = _export(wd, tmp_path / "exp", capsys)
+    assert code == 0
+    assert "ckpt/6 is damaged (state/manifest.ocdbt is missing)" in caplog.text
+    assert "restored latest checkpoint at step 4" in caplog.text
+
+
+def test_corrupt_checkpoint_data_falls_back(run, tmp_path, capsys, caplog):
+    wd = _copy(run, tmp_path)
+    data = wd / "ckpt" / "6" / "state" / "d"
+    for name in os.listdir(data):
+        (data / name).write_bytes(b"garbage")
+    code, err = _export(wd, tmp_path / "exp", capsys)
+    assert code == 0, err
+    assert "ckpt/6 is damaged" in caplog.text and "Traceback" not in err
+    assert "restored latest checkpoint at step 4" in caplog.text
+
+
+def test_no_intact_checkpoint_is_one_line(run, tmp_path, capsys):
+    wd = _copy(run, tmp_path)
+    for step in ("2", "4", "6"):
+        os.remove(wd / "ckpt" / step / "_CHECKPOINT_METADATA")
+    code, err = _export(wd, tmp_path / "exp", capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "no intact checkpoint" in err and "ckpt/6 (_CHECKPOINT_METADATA is missing)" in err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_resume_moves_a_damaged_step_aside(run, tmp_path):
+    wd = _copy(run, tmp_path)
+    os.remove(wd / "ckpt" / "6" / "state" / "_METADATA")
+    ckpt = checkpoint.Checkpointer(str(wd), keep=3, async_save=False)
+    try:
+        assert ckpt.latest_step() == 4
+    finally:
+        ckpt.close()
+    assert (wd / "ckpt" / "6.damaged" / "state").is_dir()  # kept, not deleted
+
+
+def test_export_never_overwrites(run, tmp_path, capsys):
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, err = _export(run, out, capsys)
+    assert code == 2 and "already holds files" in err
+    assert os.listdir(out) == ["notes.txt"]
+
+
+def test_workdir_of_another_config_is_refused(run, repo_root, tmp_path, capsys):
+    wd = _copy(run, tmp_path)
+    before = (wd / "config.json").read_text()
+    argv = ["--config", _spec(repo_root), *(f"--config.{k}={v}" for k, v in TINY)]
+    argv += ["--config.optim.lr=0.5", "--workdir", str(wd)]
+    assert cli.run(train.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a run of another config (optim.lr: " in err
+    assert "--config.train.allow_config_change=true" in err
+    argv[-3] = "--config.model.backbone=resnet18"
+    assert cli.run(train.main, argv) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone change the train state" in err and "new --workdir" in err
+    assert (wd / "config.json").read_text() == before and not (wd / "lock.json").exists()
+
+
+def test_allowed_change_keeps_a_config_history(run, repo_root, tmp_path):
+    wd = _copy(run, tmp_path)
+    original = (wd / "config.json").read_text()
+    changed = _config(repo_root, [("optim.lr", "0.5")])
+    with pytest.raises(ConfigError, match="allow_config_change"):
+        workdir.record_config(str(wd), changed)
+    with changed.unlocked():
+        changed.train.allow_config_change = True
+    assert workdir.check_config_change(str(wd), changed) == ["optim.lr"]
+    assert workdir.record_config(str(wd), changed).endswith("config.1.json")
+    assert workdir.record_config(str(wd), changed).endswith("config.1.json")  # no new entry
+    assert (wd / "config.json").read_text() == original
+    assert json.loads((wd / "config.1.json").read_text())["optim"]["lr"] == 0.5
+
+
+def test_lock_names_the_holder_and_takes_over_a_stale_one(tmp_path, caplog):
+    wd = str(tmp_path / "wd")
+    with workdir.lock(wd):
+        holder = json.loads(open(os.path.join(wd, "lock.json")).read())
+        assert holder["pid"] == os.getpid() and holder["host"] and holder["started"]
+        with pytest.raises(UserError, match=rf"in use by another run \(host .*, pid {os.getpid()}"):
+            with workdir.lock(wd):
+                pass
+    assert not os.path.exists(os.path.join(wd, "lock.json"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder["pid"] = dead.pid
+    with open(os.path.join(wd, "lock.json"), "w") as f:
+        json.dump(holder, f)
+    with workdir.lock(wd):
+        assert json.loads(open(os.path.join(wd, "lock.json")).read())["pid"] == os.getpid()
+    assert "taking over the stale lock" in caplog.text
+
+
+def test_locked_workdir_stops_train_at_once(run, repo_root, tmp_path, capsys):
+    wd = _copy(run, tmp_path)
+    argv = ["--config", _spec(repo_root), *(f"--config.{k}={v}" for k, v in TINY)]
+    with workdir.lock(str(wd)):
+        assert cli.run(train.main, [*argv, "--workdir", str(wd)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pid {os.getpid()}" in err
+
+
+def test_config_mistakes_stop_before_any_work(repo_root, tmp_path, capsys):
+    wd = tmp_path / "wd"
+    real = os.path.join(repo_root, "configs", "cipl_odir.py")
+    assert cli.run(train.main, ["--config", real, "--workdir", str(wd)]) == 2
+    err = capsys.readouterr().err
+    assert "--config.data.root=/path/to/ODIR-5K" in err and err.count("\n") == 1
+    argv = ["--config", _spec(repo_root), "--config.train.batch_size=0"]
+    argv += ["--config.model.backbone=resnet5", "--config.train.best_mode=up"]
+    assert cli.run(train.main, [*argv, "--workdir", str(wd)]) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone='resnet5' is unknown" in err and "train.batch_size=0" in err
+    assert "train.best_mode='up' must be one of max, min" in err
+    argv = ["--config", _spec(repo_root), *(f"--config.{k}={v}" for k, v in TINY)]
+    argv += ["--config.train.eval_split=val", "--workdir", str(wd)]
+    assert cli.run(train.main, argv) == 2
+    assert "train.eval_split='val'" in capsys.readouterr().err
+    assert not wd.exists()  # no empty workdir left behind
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(repo_root, tmp_path, capsys):
+    wd = tmp_path / "wd"
+    argv = ["--config", _spec(repo_root), *(f"--config.{k}={v}" for k, v in TINY)]
+    assert cli.run(train.main, [*argv, "--workdir", str(wd), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "24 images checked" in out and "phase 1 train: 6 steps" in out and "s/step" in out
+    assert "estimated total" in out and not wd.exists()
+
+
+def _save_images(folder, arrays):
+    from jaxproto.viz.overlays import save_png
+
+    folder.mkdir()
+    for i, a in enumerate(arrays):
+        save_png(str(folder / f"img{i}.png"), a)
+    return folder
+
+
+def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
+    """The synthetic fundus model against fundus test images, synthetic chest X-rays, noise and
+    a 1x1-ish image: the foreign ones get in_distribution=false and are left out with
+    --reject_ood; explain warns at the top of the report."""
+    import csv
+
+    import numpy as np
+
+    from jaxproto import explain, predict
+    from jaxproto.data.images import load_image
+    from jaxproto.data.procedural import render_path
+    from jaxproto.data.synthetic import synthetic_index
+
+    exp = tmp_path / "exp"
+    code, err = _export(run, exp, capsys, which="latest")
+    assert code == 0, err
+    stats = json.loads((exp / "ood.json").read_text())
+    assert stats["num_samples"] == 16 and stats["threshold"] > 0
+    cfg = json.loads((run / "config.json").read_text())["data"]
+    fundus = [load_image(r.path) for r in synthetic_index(cfg).split("test")]
+    cxr_cfg = {"like": "chestxray14", "num_train": 4, "num_test": 1, "image_size": 32, "seed": 3}
+    cxr = [render_path(r.path) for r in synthetic_index(cxr_cfg).split("train")]
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    tiny = [np.full((4, 4, 3), 128, np.uint8)]
+    groups = {
+        "fundus": _save_images(tmp_path / "fundus", fundus),
+        "cxr": _save_images(tmp_path / "cxr", cxr),
+        "noise": _save_images(tmp_path / "noise", noise),
+        "tiny": _save_images(tmp_path / "tiny", tiny),
+    }
+    out = tmp_path / "p.csv"
+    argv = ["--export", str(exp), "--images", *map(str, groups.values()), "--out", str(out)]
+    assert cli.run(predict.main, argv) == 0
+    rows = list(csv.DictReader(open(out)))
+    flag = {
+        name: [r["in_distribution"] for r in rows if f"/{name}/" in r["image"]] for name in groups
+    }
+    scores = {n: [round(float(r["ood_score"]), 2) for r in rows if f"/{n}/" in r["image"]]
+              for n in groups}  # fmt: skip
+    # Logit-space Mahalanobis of a 6-step model (the baseline returns no pooled FEATURES):
+    # every chest X-ray and the 4x4 image are flagged, most noise, few fundus test images.
+    assert flag["cxr"] == ["false"] * 4, (scores, stats["threshold"])
+    assert flag["noise"].count("false") >= 3, (scores, stats["threshold"])
+    assert flag["tiny"] == ["false"] and "4x4 pixels" in rows[-1]["ood_reason"]
+    assert flag["fundus"].count("true") >= 6, (scores, stats["threshold"])
+    assert min(scores["cxr"]) > np.median(scores["fundus"])
+    assert all(float(r["ood_score"]) >= 0 for r in rows)
+    assert cli.run(predict.main, [*argv[:-1], str(tmp_path / "r.csv"), "--reject_ood"]) == 0
+    kept = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert [r["image"] for r in kept] == [
+        r["image"] for r in rows if r["in_distribution"] == "true"
+    ]
+    skipped = json.loads((tmp_path / "r_skipped.json").read_text())
+    n_out = sum(r["in_distribution"] == "false" for r in rows)
+    assert len(skipped) == n_out and all("out of distribution" in s["error"] for s in skipped)
+    page = tmp_path / "report.html"
+    page.write_text("<html><body><h1>Report</h1></body></html>")
+    explain.warn_at_top(str(page), skipped[0]["error"])
+    text = page.read_text()
+    assert text.index("does not look like the images") < text.index("<h1>Report")
