@@ -6,7 +6,9 @@ disease``; a leading unnamed index column is allowed) and the PNGs in ``images/`
 layout) or directly in the root (the published archive). ``malignant`` is True/False (or 1/0);
 when the column is missing, ``malignancy(malig=1)`` is used. Concepts (Med-MICN's 13 SkinCon
 columns) come from ``data.ddi_concept_csv`` (``ddi_metadata_concept.csv``: the metadata joined
-with SkinCon on the file name; not distributed) when that file exists, else none.
+with SkinCon on the file name; not distributed) when that file exists, else from SkinCon's own
+DDI table ``data.ddi_skincon_csv`` (``ImageID`` + SkinCon columns, joined here on the file name;
+images SkinCon marks 'Do not consider this image' are excluded and counted), else none.
 
 No official split: ``test`` is a seeded random ``data.test_fraction`` of the images (Med-MICN's
 code 0.15 -> 557/99; the paper says 0.2). Classes: benign 0, malignant 1.
@@ -18,9 +20,14 @@ import logging
 import os
 
 import ml_collections
-import numpy as np
 
 from jaxproto.data import loading
+from jaxproto.data.concept_tables import (
+    DO_NOT_CONSIDER,
+    ConceptTable,
+    parse_bool,
+    read_concept_table,
+)
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 log = logging.getLogger(__name__)
@@ -31,37 +38,29 @@ CONCEPT_NAMES = [
     "Brown(Hyperpigmentation)", "Translucent", "White(Hypopigmentation)", "Erythema", "Wheal",
     "Pigmented", "Cyst",
 ]  # fmt: skip
-TRUE, FALSE = ("true", "1", "1.0"), ("false", "0", "0.0")
 
 DEFAULTS: dict = {
     "ddi_metadata_csv": "ddi_metadata.csv",
     "ddi_concept_csv": "ddi_metadata_concept.csv",
+    "ddi_skincon_csv": "annotations_ddi.csv",
     "ddi_concepts": list(CONCEPT_NAMES),
     "test_fraction": 0.15,
 }
 
 
-def _bool(value: str, where: str, column: str, report: BadSampleReport) -> bool | None:
-    v = value.strip().lower()
-    if v in TRUE or v in FALSE:
-        return v in TRUE
-    report.bad(where, f"{column}={value!r}", "True/False or 1/0")
-    return None
-
-
-def read_concepts(path: str, names: list[str], report: BadSampleReport) -> dict[str, np.ndarray]:
-    """DDI_file -> 0/1 concept vector from the SkinCon-joined table."""
-    out = {}
-    for line, row in loading.read_csv_rows(path, ["DDI_file", *names]):
-        where = f"{path}:{line}"
-        flags = [_bool(row[n], where, n, report) for n in names]
-        if any(f is None for f in flags):
-            continue
-        if row["DDI_file"] in out:
-            report.bad(where, f"duplicate image id {row['DDI_file']!r}", "each image once")
-            continue
-        out[row["DDI_file"]] = np.array(flags, np.float32)
-    return out
+def read_concepts(
+    root: str, cfg: ml_collections.ConfigDict, names: list[str], report: BadSampleReport
+) -> tuple[ConceptTable | None, str]:
+    """The concept table and its path: Med-MICN's joined ``ddi_metadata_concept.csv``
+    (``DDI_file`` key) if present, else SkinCon's DDI table (``ImageID`` = the DDI file name),
+    else (None, "")."""
+    for option, key in (("ddi_concept_csv", "DDI_file"), ("ddi_skincon_csv", "ImageID")):
+        name = loading.option(cfg, option, DEFAULTS)
+        path = os.path.join(root, name) if name else ""
+        if path and os.path.isfile(path):
+            return read_concept_table(path, key, names, report), path
+    log.info("no DDI concept table (data.ddi_concept_csv / data.ddi_skincon_csv): no concepts")
+    return None, ""
 
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
@@ -70,13 +69,9 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
     meta_path = loading.require_file(os.path.join(root, opt("ddi_metadata_csv")), "DDI metadata")
     image_dir = os.path.join(root, "images")
     image_dir = image_dir if os.path.isdir(image_dir) else root
-    concept_path = os.path.join(root, opt("ddi_concept_csv")) if opt("ddi_concept_csv") else ""
     names = list(opt("ddi_concepts"))
-    concepts = None
-    if concept_path and os.path.isfile(concept_path):
-        concepts = read_concepts(concept_path, names, report)
-    else:
-        log.info("no DDI concept table %r: records carry no concepts", concept_path)
+    concepts, concept_path = read_concepts(root, cfg, names, report)
+    excluded = 0
     with loading.open_text(meta_path) as f:
         header = f.readline()
     label_col = "malignant" if "malignant" in header else "malignancy(malig=1)"
@@ -86,7 +81,7 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         fname = row["DDI_file"]
         if not loading.first_sighting(seen, fname, where, report):
             continue
-        malignant = _bool(row[label_col], where, label_col, report)
+        malignant = parse_bool(row[label_col], where, label_col, report)
         if malignant is None:
             continue
         if row["skin_tone"] not in ("12", "34", "56"):
@@ -94,10 +89,13 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
             continue
         concept_vec = None
         if concepts is not None:
-            if fname not in concepts:
+            if fname in concepts.excluded:
+                excluded += 1
+                continue
+            if fname not in concepts.labels:
                 report.bad(where, f"{fname!r} has no row in {concept_path}", "concepts per image")
                 continue
-            concept_vec = concepts[fname]
+            concept_vec = concepts.labels[fname]
         records.append(
             Record(
                 image_id=fname,
@@ -111,6 +109,8 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
                 },
             )
         )
+    if excluded:
+        log.info("DDI: %d images excluded by SkinCon's %r flag", excluded, DO_NOT_CONSIDER)
     index = DatasetIndex(
         name="ddi",
         class_names=list(CLASS_NAMES),

@@ -140,6 +140,11 @@ LOOKS: dict[str, Look] = {
     "covidx": Look(3, None, 2, "cxr"),
     "isic2017": Look(3, None, 4, "skin"),
     "tbx11k": Look(3, 0, 5, "cxr"),
+    # Concept-rule sets (Med-MICN): the class is a known logical function of the concepts.
+    "ddi_concepts": Look(2, None, 13, "skin"),
+    "fitzpatrick_concepts": Look(2, None, 13, "skin"),
+    "covidct_concepts": Look(2, None, 8, "cxr"),
+    "kermany_concepts": Look(2, None, 6, "cxr"),
 }
 
 
@@ -287,8 +292,77 @@ def _cxr_scene(rng) -> dict:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class ConceptRule:
+    """Class ``positive`` ⇔ all ``present`` concepts and none of ``absent`` (else the other of
+    two classes); concepts are independent draws, the rule's own ones more balanced."""
+
+    positive: int
+    present: tuple[int, ...]
+    absent: tuple[int, ...]
+
+    def prior(self, num_concepts: int) -> np.ndarray:
+        p = np.full(num_concepts, 0.3)
+        p[list(self.present)], p[list(self.absent)] = 0.6, 0.4
+        return p
+
+    def label(self, concepts: np.ndarray) -> int:
+        c = np.asarray(concepts) > 0.5
+        holds = all(c[k] for k in self.present) and not any(c[k] for k in self.absent)
+        return self.positive if holds else 1 - self.positive
+
+
+# DDI: malignant ⇔ Papule ∧ ¬Xerosis; Fitzpatrick17k: malignant ⇔ Vesicle ∧ ¬Fissure;
+# COVID-CT: CT_COVID ⇔ peripheral GGO ∧ ¬absence of lobar consolidation; Kermany: PNEUMONIA ⇔
+# consolidation ∧ ¬clear lung fields (concept orders of the loaders).
+CONCEPT_RULES: dict[str, ConceptRule] = {
+    "ddi_concepts": ConceptRule(1, (1,), (4,)),
+    "fitzpatrick_concepts": ConceptRule(1, (0,), (3,)),
+    "covidct_concepts": ConceptRule(0, (0,), (4,)),
+    "kermany_concepts": ConceptRule(1, (0,), (4,)),
+}
+_RULE_PATTERNS = [
+    "disk", "ring", "plus", "xcross", "stripes0", "stripes90", "checker", "dots", "triangle",
+    "frame", "target", "diamond", "lattice", "stripes45", "stripes135",
+]  # fmt: skip
+_RULE_COLORS = [
+    (0.95, 0.95, 0.95), (0.05, 0.05, 0.05), (0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9),
+    (0.95, 0.85, 0.1), (0.7, 0.1, 0.8), (0.1, 0.8, 0.8), (1.0, 0.5, 0.0), (0.5, 0.3, 0.1),
+    (1.0, 0.6, 0.8), (0.4, 0.4, 0.4), (0.0, 0.4, 0.3),
+]  # fmt: skip
+_RULE_GRID = 4
+
+
+def _concept_rule_layout(like: str, seed: int, index: int) -> Layout:
+    """Concept k is pattern k in colour k, in its own cell of a jittered 4x4 grid (no overlap)."""
+    spec, rule = look(like), CONCEPT_RULES[like]
+    rng = np.random.default_rng([int(seed), _like_key(like), int(index), 0])
+    concepts = (rng.random(spec.num_concepts) < rule.prior(spec.num_concepts)).astype(np.float32)
+    labels = multi_hot([rule.label(concepts)], spec.num_classes)
+    cells, cell = rng.permutation(_RULE_GRID * _RULE_GRID), 1.0 / _RULE_GRID
+    lesions = []
+    for k in np.flatnonzero(concepts):
+        side = float(rng.uniform(0.7, 0.9) * cell)
+        row, col = divmod(int(cells[k]), _RULE_GRID)
+        x = col * cell + float(rng.uniform(0, cell - side))
+        y = row * cell + float(rng.uniform(0, cell - side))
+        finding = Finding(_RULE_PATTERNS[k], _RULE_COLORS[k % len(_RULE_COLORS)], 0.9)
+        lesions.append(Lesion(finding, int(k), True, x, y, side))
+    if spec.style == "cxr":
+        scene = _cxr_scene(rng)
+    else:
+        scene = {
+            "cx": rng.uniform(0.47, 0.53), "cy": rng.uniform(0.47, 0.53),
+            "rad": rng.uniform(0.3, 0.36), "phase": rng.uniform(0, 2 * np.pi, size=2),
+            "blob": _ISIC_BLOB[0], "cells": rng.standard_normal((8, 8, 3)).astype(np.float32),
+        }  # fmt: skip
+    return Layout(labels, concepts, tuple(lesions), scene)
+
+
 def layout(like: str, seed: int, index: int) -> Layout:
     """Labels, concepts, lesion geometry and scene parameters of image ``index``."""
+    if like in CONCEPT_RULES:
+        return _concept_rule_layout(like, seed, index)
     spec = look(like)
     rng = np.random.default_rng([int(seed), _like_key(like), int(index), 0])
     ncls = spec.num_classes

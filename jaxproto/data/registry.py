@@ -16,10 +16,13 @@ import ml_collections
 
 from jaxproto.data import (
     chestxray14,
+    covidct,
     covidx,
     ddi,
+    fitzpatrick,
     ham10000,
     isic,
+    kermany,
     odir,
     prepared,
     synthetic,
@@ -40,6 +43,9 @@ LOADERS: dict[str, ModuleType] = {
     "vindr": vindr,
     "ddi": ddi,
     "ham10000": ham10000,
+    "covidct": covidct,
+    "kermany": kermany,
+    "fitzpatrick17k": fitzpatrick,
 }
 
 

@@ -23,7 +23,19 @@ import sys
 from collections.abc import Sequence
 
 from jaxproto.common import cli
-from jaxproto.data import chestxray14, isic, odir, procedural, tbx11k, vindr, write_real_format
+from jaxproto.data import (
+    chestxray14,
+    covidct,
+    ddi,
+    fitzpatrick,
+    isic,
+    kermany,
+    odir,
+    procedural,
+    tbx11k,
+    vindr,
+    write_real_format,
+)
 from jaxproto.data.records import DatasetIndex, Record
 
 log = logging.getLogger(__name__)
@@ -77,6 +89,17 @@ LIKES: dict[str, LikeSpec] = {
         list(isic.CLASS_NAMES), False, list(isic.CONCEPT_NAMES), _LOOKS["isic2017"]
     ),
     "tbx11k": LikeSpec(list(tbx11k.CLASS_NAMES), False, _TBX_CONCEPTS, _LOOKS["tbx11k"]),
+    # Med-MICN's concept-rule sets (procedural.CONCEPT_RULES; writers in synthetic_concepts).
+    "ddi_concepts": LikeSpec(ddi.CLASS_NAMES, False, ddi.CONCEPT_NAMES, _LOOKS["ddi_concepts"]),
+    "fitzpatrick_concepts": LikeSpec(
+        fitzpatrick.CLASS_NAMES, False, ddi.CONCEPT_NAMES, _LOOKS["fitzpatrick_concepts"]
+    ),
+    "covidct_concepts": LikeSpec(
+        covidct.CLASS_NAMES, False, covidct.CONCEPT_NAMES, _LOOKS["covidct_concepts"]
+    ),
+    "kermany_concepts": LikeSpec(
+        kermany.CLASS_NAMES, False, kermany.CONCEPT_NAMES, _LOOKS["kermany_concepts"]
+    ),
 }
 
 

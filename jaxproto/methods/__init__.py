@@ -21,6 +21,7 @@ _METHODS = {
     "baseline": "jaxproto.methods.baseline.method:BaselineMethod",
     "cipl": "jaxproto.methods.cipl.method:CiplMethod",
     "csr": "jaxproto.methods.csr.method:CsrMethod",
+    "medmicn": "jaxproto.methods.medmicn.method:MedMicnMethod",
     "xmir": "jaxproto.methods.xmir.method:XmirMethod",
 }
 

@@ -1,0 +1,1 @@
+"""Med-MICN: concept embeddings + Gödel-logic rules fused with image features (specs/medmicn.md)."""

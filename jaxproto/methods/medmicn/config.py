@@ -1,0 +1,130 @@
+"""Med-MICN configs (specs/medmicn.md §2, §4, §7, §8): every default, the dataset variants and
+the ``synthetic`` variant.
+
+``arg`` (``configs/medmicn_<dataset>.py:ARG``) is a comma list: ``synthetic`` (procedural
+concept-rule images, tiny ResNet, trains on 2 CPU cores in minutes), ``backbone=NAME``
+(resnet50 | vgg16 | vgg19 | densenet169 | any jaxproto backbone), ``protocol=faithful|fair``,
+``image_size=N``, ``runlocal`` (a few steps, smoke tests).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxproto.common import config as common
+
+DATASETS = {  # dataset -> (registry name, synthetic look-alike)
+    "ddi": ("ddi", "ddi_concepts"),
+    "covidct": ("covidct", "covidct_concepts"),
+    "chestxray": ("kermany", "kermany_concepts"),
+    "fitzpatrick": ("fitzpatrick17k", "fitzpatrick_concepts"),
+}
+# Per-backbone head sizes and learning rates of train_skin_neural.py (§2, §7): pre-projection
+# width, fusion hidden widths, AdamW learning rate.
+FAMILY_HEADS = {
+    "resnet": (10, (1000,), 5e-5),
+    "vgg": (10, (1000,), 5e-6),
+    "densenet": (128, (64,), 1e-4),
+    "convnext": (10, (1000,), 5e-5),
+}
+PROTOCOLS = ("faithful", "fair")
+
+
+def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The full config for ``dataset`` (ddi | covidct | chestxray | fitzpatrick)."""
+    from jaxproto.backbones import get_spec
+    from jaxproto.data.registry import default_data_config
+
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown Med-MICN dataset {dataset!r}; choose from {sorted(DATASETS)}")
+    registry_name, like = DATASETS[dataset]
+    arg = common.parse_arg(
+        arg, synthetic=False, runlocal=False, backbone="", protocol="", image_size=0
+    )
+    synthetic = arg.synthetic
+    protocol = arg.protocol or ("fair" if synthetic else "faithful")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    c = ml_collections.ConfigDict()
+    c.method = "medmicn"
+
+    m = c.model = ml_collections.ConfigDict()
+    m.backbone = arg.backbone or ("resnet_tiny" if synthetic else "resnet50")
+    pre, hidden, lr = FAMILY_HEADS[get_spec(m.backbone).family]
+    m.backbone_feature = "imagenet_logits"  # imagenet_logits (the code) | pooled
+    m.cam_tap = ""  # "" = the backbone's last conv block (Grad-CAM)
+    m.init_from = ""  # ImageNet weights (torchvision .pth or converted .msgpack), head kept
+    m.image_size = arg.image_size or (128 if synthetic else 224)
+    m.resize = 0  # shorter side to this, then centre-crop image_size (0: image_size·256/224)
+    m.emb_size = 8
+    m.pre_proj_dim = 64 if synthetic else pre
+    m.pre_proj_dropout = 0.0
+    m.fusion_hidden = list(hidden)
+    m.fusion_dropout = []
+    m.dcr_temperature = 100.0  # faithful; a no-op for N <= 100 (spec §3): use < N for sparse rules
+    m.relevance_gate = "softselect"  # softselect | sigmoid | softmax_max
+    m.torch_init = True  # PyTorch Linear init U(±1/√fan_in) for the head (False: Flax defaults)
+
+    # Synthetic: the concept term weighs 1.0, not 0.1: a from-scratch tiny backbone must learn
+    # all N primitives, and only two of them carry the task gradient (ImageNet features exist).
+    c.loss = ml_collections.ConfigDict(
+        {
+            "task_loss": "ce_on_sigmoid",
+            "w_task": 1.0,
+            "w_concept": 1.0 if synthetic else 0.1,
+            "w_neural": 0.1,
+        }
+    )
+    if synthetic:
+        m.resize = m.get_ref("image_size")  # rendered at image_size: no crop
+    c.eval = ml_collections.ConfigDict({"protocol": protocol, "rule_mode": "global"})
+
+    if synthetic:
+        c.data = ml_collections.ConfigDict()
+        c.data.name = "synthetic"
+        c.data.root = ""
+        c.data.image_size = m.get_ref("image_size")
+        c.data.on_bad_sample = "error"
+        c.data.val_fraction = 0.0
+        c.data.seed = 0
+        c.data.like = like
+        c.data.num_train = 1600
+        c.data.num_test = 400
+        c.data.num_val = 200 if protocol == "fair" else 0
+        c.data.prepared = ""
+    else:
+        c.data = default_data_config(registry_name)
+        c.data.image_size = m.get_ref("image_size")
+        if protocol == "fair" and registry_name not in ("covidct", "kermany"):
+            c.data.val_fraction = 0.15
+
+    o = c.optim = ml_collections.ConfigDict()
+    o.lr = 2e-3 if synthetic else lr
+    o.weight_decay = 0.01  # torch AdamW default (optax's is 1e-4)
+    o.b1, o.b2, o.eps = 0.9, 0.999, 1e-8
+    o.epochs = 10.0 if synthetic else 100.0
+    c.input = ml_collections.ConfigDict(
+        {
+            "augment": "flip" if synthetic else "none",  # none (the code) | flip
+            "cache_images": synthetic,  # keep preprocessed training images in memory
+        }
+    )
+
+    c.train = common.train_block(
+        batch_size=32,
+        eval_batch_size=64 if synthetic else 32,
+        eval_split="val" if protocol == "fair" else "test",
+        best_metric=f"{protocol}/task_accuracy",
+        eval_every_epochs=5.0 if synthetic else 1.0,
+        checkpoint_every_steps=1000,
+    )
+    c.mesh = common.mesh_block()
+    c.distributed = common.distributed_block()
+    if arg.runlocal:
+        c.data.num_train, c.data.num_test = 64, 32
+        if synthetic and protocol == "fair":
+            c.data.num_val = 32
+        c.train.batch_size = 16
+        c.train.eval_batch_size = 16
+        o.epochs = 1.0
+    return c
