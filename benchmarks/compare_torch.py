@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         torch_ips = images[name] / statistics.median(t["torch"])
         _emit(
             bench="compare_torch",
-            model="cipl_densenet121",
+            model=f"cipl_{args.backbone}",
             step=name,
             image_size=args.image_size,
             batch=args.batch,
