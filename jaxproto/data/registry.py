@@ -38,6 +38,8 @@ LOADERS: dict[str, str] = {
     "vindr": "jaxproto.data.vindr",
     "ddi": "jaxproto.data.ddi",
     "ham10000": "jaxproto.data.ham10000",
+    "class2images": "jaxproto.data.class2images",
+    "primitives": "jaxproto.data.primitives",
 }
 
 COMMON_DEFAULTS: dict = {

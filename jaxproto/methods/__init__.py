@@ -6,6 +6,7 @@ import importlib
 
 _METHODS = {
     "baseline": "jaxproto.methods.baseline.method:BaselineMethod",
+    "cfn": "jaxproto.methods.cfn.method:CfnMethod",
     "cipl": "jaxproto.methods.cipl.method:CiplMethod",
     "csr": "jaxproto.methods.csr.method:CsrMethod",
     "xmir": "jaxproto.methods.xmir.method:XmirMethod",
