@@ -72,3 +72,21 @@ def test_cosine_matrix():
     np.testing.assert_allclose(s[0, 1], 1 / np.sqrt(2))
     np.testing.assert_allclose(s[1, 2], -1 / np.sqrt(2))
     np.testing.assert_allclose(np.diag(s), 1.0)
+
+
+def test_batched_logreg_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    from jaxproto.methods.cfn import cav
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 40, 5)).astype(np.float32)
+    y = (x[..., 0] + 0.5 * rng.normal(size=(3, 40)) > 0.3).astype(np.float32)
+    mask = np.ones((3, 40), np.float32)
+    mask[1, 30:] = 0  # a shorter problem, padded
+    theta = np.asarray(cav.logreg_newton(x, y, mask))
+    for i in range(3):
+        keep = mask[i] > 0
+        ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(x[i][keep], y[i][keep])
+        np.testing.assert_allclose(theta[i, :-1], ref.coef_[0], atol=5e-4)
+        np.testing.assert_allclose(theta[i, -1], ref.intercept_[0], atol=5e-4)
