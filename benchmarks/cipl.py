@@ -1,19 +1,26 @@
 """CIPL throughput benchmark; prints one JSON line per measurement.
 
 Measures images/s of the jitted warm-up and main training steps (loss + gradients + Adam),
-push images/s (streaming top-k candidates) with the peak device memory where the backend reports
+the push (pass 1: streaming top-k candidates over the training images; pass 2: the chosen
+images' embeddings; the atlas) in images/s with the bytes of its candidate buffers (O(P·k):
+distance, image, location) against the P·k·(D + 3) floats that keeping the candidates'
+embeddings would take, the peak host RSS and the peak device memory where the backend reports
 it, and the distance kernel's GFLOP/s against the explicit-difference reference.
 
     python benchmarks/cipl.py                                   # DenseNet-121 at 512 px
     python benchmarks/cipl.py --backbone densenet_tiny --image-size 64 --batch 2   # CPU smoke
     python benchmarks/cipl.py --backbone resnet_tiny --tap layer3 --image-size 128 --batch 16 \
-        --num-classes 8 --prototypes-per-class 5 --proto-dim 64          # the synthetic demo
+        --like odir --prototypes-per-class 5 --proto-dim 64          # the synthetic demo
+    python benchmarks/cipl.py --backbone resnet_tiny --tap layer3 --image-size 128 --batch 16 \
+        --skip-steps --push-images 1000        # push memory at the official 750 prototypes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import tempfile
 import time
 
 import jax
@@ -22,13 +29,14 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxproto.backbones import backbone_stride
 from jaxproto.core import parallel
 from jaxproto.core.method import Phase
-from jaxproto.data.records import DatasetIndex
-from jaxproto.kernels import push as kpush
+from jaxproto.data.synthetic import synthetic_index
 from jaxproto.kernels.prototypes import l2_distance_maps, l2_distance_maps_direct
-from jaxproto.methods.cipl.defaults import cipl_config
+from jaxproto.methods.cipl import candidates, config, push
 from jaxproto.methods.cipl.method import CiplMethod
+from jaxproto.methods.cipl.model import BACKBONE_TAP
 
 
 def _emit(**row) -> None:
@@ -50,27 +58,27 @@ def _peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def _method(args) -> CiplMethod:
-    arg = ml_collections.ConfigDict(
-        {
-            "backbone": args.backbone,
-            "image_size": args.image_size,
-            "prototypes_per_class": args.prototypes_per_class,
-        }
-    )
-    cfg = cipl_config(arg, "", ml_collections.ConfigDict({"seed": 0}))
+    """The official config of ``--like`` (chestxray14: 15 classes, odir: 8) with the
+    benchmark's shapes, on synthetic records of that dataset for the push."""
+    arg = f"backbone={args.backbone},image_size={args.image_size}"
+    cfg = config.get_config(args.like, f"{arg},prototypes_per_class={args.prototypes_per_class}")
     cfg.model.proto_dim = args.proto_dim
     cfg.model.tap = args.tap
-    names = [f"class{k}" for k in range(args.num_classes)]
-    index = DatasetIndex("bench", names, {}, background_class=args.num_classes - 1)
-    return CiplMethod(cfg, index)
+    cfg.train.push_batch_size = args.batch
+    cfg.data.update(name="synthetic", like=args.like, num_train=args.push_images, num_test=1)
+    return CiplMethod(cfg, synthetic_index(cfg.data))
 
 
 def bench_steps(method: CiplMethod, args, rng: np.random.Generator) -> None:
     state = jax.jit(method.init)(jax.random.key(0))
     tx = method.optimizers(steps_per_epoch=100)["joint"]
     opt = jax.jit(tx.init)(state["params"])
-    b, s, c = args.batch, args.image_size, args.num_classes
+    b, s, c = args.batch, args.image_size, method.num_classes
     img = lambda: rng.normal(size=(b, s, s, 3)).astype(np.float32)  # noqa: E731
     lab = lambda: (rng.random((b, c)) < 0.3).astype(np.float32)  # noqa: E731
     batches = {
@@ -109,46 +117,51 @@ def bench_steps(method: CiplMethod, args, rng: np.random.Generator) -> None:
             device=jax.devices()[0].platform,
         )
 
-    # push: streaming candidate merge over random images (sharded batch)
+
+def bench_push(method: CiplMethod, args) -> None:
+    """Full push over ``--push-images`` synthetic training images, timed per pass."""
     mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
-    bs = max(mesh.size, -(-args.batch // mesh.size) * mesh.size)
-    state = jax.device_put(state, parallel.replicated(mesh))
-    ident = jnp.asarray(method.identity)
+    state = jax.device_put(jax.jit(method.init)(jax.random.key(0)), parallel.replicated(mesh))
+    records = method.index.split("train")
+    stream = push.trainer_stream(method, mesh)
+    bs = int(method.config.train.push_batch_size)
     num_p = method.identity.shape[0]
-
-    def push_step(state, batch, cands):
-        out = method.apply_eval(state, batch["image"])
-        allowed = (batch["labels"] @ ident.T) > 0
-        return kpush.merge_candidates(
-            cands, out["distances"], out["embeddings"], batch["ids"], allowed
-        )
-
-    fn = jax.jit(push_step, out_shardings=parallel.replicated(mesh))
-    cands = kpush.init_candidates(num_p, kpush.exact_candidate_count(num_p), args.proto_dim)
-    local = {
-        "image": rng.normal(size=(bs, s, s, 3)).astype(np.float32),
-        "labels": (rng.random((bs, c)) < 0.3).astype(np.float32),
-        "ids": np.arange(bs, dtype=np.int32),
-    }
-    batch = parallel.global_batch(local, mesh)
-    sec = _timed(fn, state, batch, cands, repeats=args.repeats)
+    push.find_candidates(method, state, records[:bs], stream, mesh, bs)  # compile
+    rss0 = _peak_rss_bytes()
+    start = time.perf_counter()
+    cands = push.find_candidates(method, state, records, stream, mesh, bs)
+    pass1 = time.perf_counter() - start
+    assignment = candidates.greedy_assign(cands)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        push.push_prototypes(method, state, records, stream, mesh, out_dir)
+    full = time.perf_counter() - start
+    k = int(cands.distance.shape[1])
     _emit(
         bench="cipl_push",
         backbone=args.backbone,
-        image_size=s,
+        image_size=args.image_size,
         batch=bs,
-        images_per_sec=bs / sec,
-        candidates_per_prototype=int(cands.distance.shape[1]),
-        peak_bytes=_peak_bytes(),
+        images=len(records),
+        prototypes=num_p,
+        candidates_per_prototype=k,
+        proto_dim=args.proto_dim,
+        assigned=int(np.sum(assignment.image >= 0)),
+        pass1_images_per_sec=len(records) / pass1,
+        push_images_per_sec=len(records) / full,
+        push_sec=full,
+        candidate_bytes=int(sum(np.asarray(a).nbytes for a in cands)),
+        candidate_bytes_with_embeddings=num_p * k * (args.proto_dim + 3) * 4,
+        peak_rss_bytes=_peak_rss_bytes(),
+        peak_rss_growth_bytes=_peak_rss_bytes() - rss0,
+        peak_device_bytes=_peak_bytes(),
+        device=jax.devices()[0].platform,
     )
 
 
-def bench_kernel(args, rng: np.random.Generator) -> None:
-    from jaxproto.backbones import backbone_stride
-    from jaxproto.methods.cipl.model import BACKBONE_TAP
-
+def bench_kernel(method: CiplMethod, args, rng: np.random.Generator) -> None:
     grid = max(1, args.image_size // backbone_stride(args.backbone, args.tap or BACKBONE_TAP))
-    n, d, p = args.batch, args.proto_dim, args.num_classes * args.prototypes_per_class
+    n, d, p = args.batch, args.proto_dim, method.identity.shape[0]
     z = jnp.asarray(rng.random((n, grid, grid, d), np.float32))
     protos = jnp.asarray(rng.random((p, d), np.float32))
     flops = 3.0 * n * grid * grid * p * d  # sub, square, add per (patch, prototype, channel)
@@ -174,16 +187,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tap", default="", help='backbone map ("" = DenseNet pre-norm5)')
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4, help="images (warm-up) or pairs (main)")
-    parser.add_argument("--num-classes", type=int, default=15)
+    parser.add_argument("--like", choices=config.DATASETS, default="chestxray14")
     parser.add_argument("--prototypes-per-class", type=int, default=50)
     parser.add_argument("--proto-dim", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-steps", action="store_true", help="only the distance kernel")
+    parser.add_argument("--push-images", type=int, default=200, help="push: training images")
+    parser.add_argument("--skip-steps", action="store_true", help="skip the training steps")
+    parser.add_argument("--skip-push", action="store_true", help="skip the push")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
+    method = _method(args)
     if not args.skip_steps:
-        bench_steps(_method(args), args, rng)
-    bench_kernel(args, rng)
+        bench_steps(method, args, rng)
+    if not args.skip_push:
+        bench_push(method, args)
+    bench_kernel(method, args, rng)
 
 
 if __name__ == "__main__":

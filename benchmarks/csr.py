@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import csr_tbx11k
+from jaxproto.methods.csr import config as csr_config
 from jaxproto.data.records import DatasetIndex, Record
 from jaxproto.methods.csr import interact
 from jaxproto.methods.csr.method import CsrMethod
@@ -58,14 +58,14 @@ def _emit(**row) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="synthetic", help="arg of configs/csr_tbx11k.py")
+    ap.add_argument("--config", default="synthetic", help="variant of configs/csr_tbx11k.py")
     ap.add_argument("--concepts", type=int, default=5)
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--iters", type=int, default=10)
     args = ap.parse_args(argv)
 
-    cfg = csr_tbx11k.get_config(args.config)
+    cfg = csr_config.get_config("tbx11k", args.config)
     method = CsrMethod(cfg, _index(args.concepts, args.classes))
     size, b = method.image_size, args.batch
     state = method.init(jax.random.key(0))
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "label": jnp.zeros((b,), jnp.int32),
     }
-    for phase in method.phases():
+    for phase in {p.optimizer: p for p in method.phases()}.values():  # one per stage
         tx = opts[phase.optimizer]
         opt_state = tx.init(state["params"])
 

@@ -20,14 +20,16 @@ import time
 import numpy as np
 from absl import flags
 
-from jaxproto.data import images, pipeline, registry, synthetic, transforms
+from jaxproto.data import images, pipeline, prepare, prepared, registry, synthetic
 from jaxproto.data.records import BadSampleReport
 from jaxproto.data.samplers import ShuffleSampler
+from jaxproto.methods.cipl.data import CiplPairViewTransform, CiplTrainTransform
+from jaxproto.methods.xmir.data import TrainTransform as XmirTrainTransform
 
 TRANSFORMS = {
-    "cipl_warmup_512": lambda: transforms.CiplTrainTransform(512),
-    "cipl_pair_512": lambda: transforms.CiplPairViewTransform(512),
-    "xmir_224": lambda: transforms.XmirTrainTransform(224),
+    "cipl_warmup_512": lambda: CiplTrainTransform(512),
+    "cipl_pair_512": lambda: CiplPairViewTransform(512),
+    "xmir_224": lambda: XmirTrainTransform(224),
 }
 
 
@@ -56,10 +58,8 @@ def _write_raw(out_dir: str, num: int, size: int) -> list[str]:
 
 
 def _prepared(cfg, out_dir: str, size: int) -> list[str]:
-    from jaxproto.data import prepare
-
     prepare.prepare(cfg, out_dir, size)
-    return [r.path for r in prepare.load_prepared_index(out_dir).split("train")]
+    return [r.path for r in prepared.load_prepared_index(out_dir).split("train")]
 
 
 def _measure(paths, transform_name, workers, batch, batches) -> dict:

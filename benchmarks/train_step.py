@@ -37,17 +37,17 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 def main(argv):
     del argv
     from jaxproto.core import parallel
-    from jaxproto.core.trainer import Trainer
+    from jaxproto.methods import build_trainer
 
     config = cli.config_from_flags()
     with tempfile.TemporaryDirectory() as workdir:
-        trainer = Trainer(config, workdir)
+        trainer = build_trainer(config, workdir)
         phase_index = flags.FLAGS.phase
         phase = trainer.phases[phase_index]
         state = trainer.create_state()
         stream = trainer._stream(phase, phase_index)
         batch = parallel.global_batch(next(stream), trainer.mesh)
-        step_fn = trainer._step_fn(phase_index)
+        step_fn = trainer.step_fn(phase_index)
         t0 = time.perf_counter()
         compiled = step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0

@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxproto.kernels import saliency
-from jaxproto.methods.xmir import search
+from jaxproto.methods.xmir import saliency, search
 from jaxproto.methods.xmir.model import XmirNet
 
 

@@ -1,11 +1,10 @@
 """CSR on ISIC 2017 (3 classes; 4 dermoscopic concepts from the Part-2 JSONs, specs/csr.md §7).
+Variants (``jaxproto/methods/csr/config.py``): ``synthetic`` (procedural skin images whose class
+is decided by the 4 concepts, with boxes), ``clever_hans``, ``backbone=NAME``, ``image_size=N``,
+``runlocal``."""
 
-Variants (see ``csr_tbx11k.py``): ``synthetic`` (procedural skin images whose class is decided
-by the 4 concepts, with boxes), ``clever_hans``, ``backbone=NAME``, ``image_size=N``, ``runlocal``.
-"""
-
-from configs.csr_tbx11k import build_config
+from jaxproto.methods.csr import config
 
 
 def get_config(arg=None):
-    return build_config("isic2017", "isic2017", arg)
+    return config.get_config("isic2017", arg)

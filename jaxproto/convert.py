@@ -5,41 +5,32 @@ Examples::
     python -m jaxproto.convert torchvision --arch densenet121 --input densenet121-a639ec97.pth \\
         --out densenet121.msgpack
     python -m jaxproto.convert timm --arch convnext_tiny --input model.safetensors --out cnx.msgpack
-    python -m jaxproto.convert chexnet --input model.pth.tar --out chexnet.msgpack --drop-head
+    python -m jaxproto.convert chexnet --input model.pth.tar --out chexnet.msgpack --drop_head
 
 Inputs are read with ``torch.load(..., weights_only=True)`` or safetensors; nothing is
 unpickled. Conversion is strict: every missing, unexpected or mis-shaped tensor is listed in one
-error unless allowed with ``--allow-missing`` / ``--allow-unexpected`` (regexes).
+error unless allowed with ``--allow_missing`` / ``--allow_unexpected`` (regexes).
 
-Extension point: built-in subcommands live in ``SUBCOMMANDS``; a method adds its own by naming a
-module in ``SUBCOMMAND_MODULES`` (``{"name": "package.module"}``) that defines ``HELP: str``,
-``add_arguments(parser)`` and ``run(args) -> int``.
+Every registered method adds its own subcommands for its original checkpoints
+(``Method.converters()``, e.g. ``cipl``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 
+from jaxproto import methods
 from jaxproto.backbones import BACKBONES, load_pretrained
 from jaxproto.backbones.torch_import import save_msgpack
+from jaxproto.common import cli
+from jaxproto.core.method import Converter
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Subcommand:
-    """One ``python -m jaxproto.convert <name>`` subcommand."""
-
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
 
 
 def _backbone_arguments(families: tuple[str, ...], default_arch: str | None):
@@ -58,19 +49,19 @@ def _backbone_arguments(families: tuple[str, ...], default_arch: str | None):
         )
         parser.add_argument("--out", required=True, help="output .msgpack file")
         parser.add_argument(
-            "--allow-missing",
+            "--allow_missing",
             default=None,
             metavar="REGEX",
             help="model parameters (paths like params/classifier/kernel) allowed to be absent",
         )
         parser.add_argument(
-            "--allow-unexpected",
+            "--allow_unexpected",
             default=None,
             metavar="REGEX",
             help="checkpoint keys (as named in the file) allowed to be ignored",
         )
         parser.add_argument(
-            "--drop-head",
+            "--drop_head",
             action="store_true",
             help="discard the classifier tensors and write a backbone without head",
         )
@@ -79,6 +70,7 @@ def _backbone_arguments(families: tuple[str, ...], default_arch: str | None):
 
 
 def _run_backbone(args: argparse.Namespace) -> int:
+    cli.output_file(args.out)
     variables = load_pretrained(
         args.input,
         args.arch,
@@ -86,26 +78,27 @@ def _run_backbone(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
         allow_unexpected=args.allow_unexpected,
     )
-    save_msgpack(variables, args.out)
+    with cli.atomic_path(args.out) as tmp:
+        save_msgpack(variables, tmp)
     n_params = len(jax.tree.leaves(variables["params"]))
     n_stats = len(jax.tree.leaves(variables["batch_stats"]))
     log.info("wrote %s (%d params, %d batch_stats arrays)", args.out, n_params, n_stats)
     return 0
 
 
-SUBCOMMANDS: dict[str, Subcommand] = {
-    "torchvision": Subcommand(
+SUBCOMMANDS: dict[str, Converter] = {
+    "torchvision": Converter(
         "torchvision state_dict (resnet*, densenet*, vgg*, convnext_tiny); DenseNet legacy "
         "key names accepted",
         _backbone_arguments(("resnet", "densenet", "vgg", "convnext"), None),
         _run_backbone,
     ),
-    "timm": Subcommand(
+    "timm": Converter(
         "timm ConvNeXt state_dict (stem.0, stages.N..., head.norm, head.fc)",
         _backbone_arguments(("convnext",), "convnext_tiny"),
         _run_backbone,
     ),
-    "chexnet": Subcommand(
+    "chexnet": Converter(
         "CheXNet / X-MIR DenseNet checkpoint (module./densenet121. prefixes, classifier.0, "
         "optional {'state_dict': ...} wrapper)",
         _backbone_arguments(("densenet",), "densenet121"),
@@ -113,39 +106,37 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
 }
 
-# name -> module defining HELP, add_arguments(parser), run(args); imported when the CLI starts.
-SUBCOMMAND_MODULES: dict[str, str] = {"cipl": "jaxproto.methods.cipl.convert"}
 
-
-def _all_subcommands() -> dict[str, Subcommand]:
+def all_subcommands() -> dict[str, Converter]:
+    """The backbone subcommands plus every registered method's ``Method.converters()``."""
     out = dict(SUBCOMMANDS)
-    for name, module_name in SUBCOMMAND_MODULES.items():
-        module = importlib.import_module(module_name)
-        out[name] = Subcommand(module.HELP, module.add_arguments, module.run)
+    for name in methods.method_names():
+        for sub, converter in methods.get_method(name).converters().items():
+            if sub in out:
+                raise RuntimeError(f"convert subcommand {sub!r} of method {name} is taken")
+            out[sub] = converter
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser with one sub-parser per registered subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxproto.convert",
-        description="Convert PyTorch checkpoints to Flax msgpack ({'params', 'batch_stats'}).",
-    )
+def build_parser() -> cli.ArgumentParser:
+    """The parser with one sub-parser per subcommand."""
+    parser = cli.make_parser(__doc__, "python -m jaxproto.convert")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, cmd in _all_subcommands().items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
-        cmd.add_arguments(p)
-        p.set_defaults(_run=cmd.run)
+    for name, converter in all_subcommands().items():
+        p = sub.add_parser(name, help=converter.help, description=converter.help)
+        converter.add_arguments(p)
+        cli.accept_overrides_with_own_config(p)
+        p.set_defaults(_run=converter.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Parses ``argv`` and runs the subcommand; returns its exit status (errors raise)."""
+    args = cli.parse(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return args._run(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

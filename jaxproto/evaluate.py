@@ -3,8 +3,9 @@
   python -m jaxproto.evaluate --workdir runs/demo [--split test] [--checkpoint best|latest]
   python -m jaxproto.evaluate --export exports/demo --config.data.root=/data/odir --out eval.json
 
-Prints a per-class table (AUC, best-threshold F1, ...) and writes ``<workdir>/eval/<split>.json``
-(or ``--out``). ``--config.data.*`` overrides point an export at the data on this machine.
+Prints the method's summary (per-class AUC, best-threshold F1, localisation or retrieval
+metrics) and writes ``<workdir>/eval/<split>.json`` (or ``--out``). ``--config.data.*``
+overrides point a workdir or export at the data on this machine.
 """
 
 from __future__ import annotations
@@ -13,65 +14,60 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
-from absl import flags
+import jax
+import ml_collections
 
+from jaxproto import inference
 from jaxproto.common import cli
+from jaxproto.core import logging as log_lib
+from jaxproto.core import parallel
+from jaxproto.core.method import Method, State
+from jaxproto.core.trainer import collect_predictions, stream_predictions
+from jaxproto.data import registry
+from jaxproto.data.records import BadSampleReport
 
 log = logging.getLogger("jaxproto.evaluate")
 
 
-def evaluate(config, method, state, split: str) -> dict:
+def evaluate(config: ml_collections.ConfigDict, method: Method, state: State, split: str) -> dict:
     """Runs ``method.evaluate`` on ``split`` of the configured dataset."""
-    from jaxproto.core import parallel
-    from jaxproto.core.trainer import collect_predictions, stream_predictions
-    from jaxproto.data import registry
-    from jaxproto.data.records import BadSampleReport
-
     index = registry.load_index(config.data, BadSampleReport(config.data.on_bad_sample))
     method.index = index
     records = index.split(split)
     mesh = parallel.make_mesh(config.mesh)
+    state = jax.device_put(state, parallel.tree_shardings(state, mesh, config.mesh.rules))
     stream = stream_predictions(method, mesh, state, records, config.train.eval_batch_size)
     preds = collect_predictions(stream, len(records))
     return method.evaluate(preds, records)
 
 
-def main(argv):
-    del argv
-    from jaxproto.common import config as config_lib
-    from jaxproto.core import logging as log_lib
-    from jaxproto.core import metrics as metrics_lib
-    from jaxproto.core import restore
+def build_parser() -> cli.ArgumentParser:
+    parser = cli.make_parser(__doc__, "python -m jaxproto.evaluate", config="overrides")
+    cli.exclusive_source(parser)
+    parser.add_argument("--split", default="test", help="dataset split to evaluate")
+    parser.add_argument(
+        "--checkpoint", default="best", choices=("best", "latest"), help="workdir checkpoint"
+    )
+    parser.add_argument("--out", help="output JSON (default <workdir>/eval/<split>.json)")
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = cli.parse(build_parser(), argv)
     log_lib.setup_logging()
-    config, method, state = restore.load_for_inference(
-        flags.FLAGS.workdir, flags.FLAGS.export, flags.FLAGS.checkpoint
-    )
-    from jaxproto.common.cli import _State
-
-    for key, value in _State.overrides:
-        config_lib.apply_override(config, key, value)
-    result = evaluate(config, method, state, flags.FLAGS.split)
-    out = flags.FLAGS.out or os.path.join(
-        flags.FLAGS.workdir or flags.FLAGS.export, "eval", f"{flags.FLAGS.split}.json"
-    )
+    config, method, state = inference.load_for_inference(args.workdir, args.export, args.checkpoint)
+    cli.apply_overrides(config, args)
+    result = evaluate(config, method, state, args.split)
+    out = args.out or os.path.join(args.workdir or args.export, "eval", f"{args.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1, default=float)
-    sys.stdout.write(metrics_lib.format_summary(result) + "\n")
+    sys.stdout.write(method.summarize(result) + "\n")
     log.info("wrote %s", out)
-
-
-def define_flags() -> None:
-    """Command-line flags (defined only when run as a program, so modules import cleanly)."""
-    flags.DEFINE_string("workdir", None, "Training workdir.")
-    flags.DEFINE_string("export", None, "Export folder (instead of --workdir).")
-    flags.DEFINE_string("split", "test", "Dataset split to evaluate.")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Workdir checkpoint.")
-    flags.DEFINE_string("out", None, "Output JSON (default <workdir>/eval/<split>.json).")
+    return 0
 
 
 if __name__ == "__main__":
-    define_flags()
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -1,34 +1,37 @@
 """Explain one prediction: probabilities plus the evidence, as PNG + JSON + an HTML report.
 
   python -m jaxproto.explain --workdir runs/demo --image X.png [--box x,y,w,h] --out report/
-  python -m jaxproto.explain --export exports/csr --image X.png \
+  python -m jaxproto.explain --export exports/csr --image X.png \\
       --negative_box 10,10,40,40 --reject_concept 3 --out report/
 
-CIPL: for each predicted class, its top prototypes' similarity maps over the image next to the
-prototype's training patch (``--box`` draws a reference box, e.g. from BBox_List_2017).
-CSR: per-concept maps, and a before/after report for doctor-in-the-loop corrections
-(``--positive_box``/``--negative_box`` in image pixels, ``--reject_concept`` by index or name).
-Boxes are x,y,w,h in the original image's pixels.
+What the report shows is the method's (``Method.explain``): CIPL, for each predicted class, its
+top prototypes' similarity maps over the image next to the prototype's training patch (``--box``
+draws a reference box, e.g. from BBox_List_2017); CSR, per-concept maps and a before/after report
+for doctor-in-the-loop corrections (``--positive_box``/``--negative_box``, ``--reject_concept``
+by index or name). Boxes are x,y,w,h in the original image's pixels. X-MIR explains retrievals:
+``python -m jaxproto.retrieve query``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Sequence
 
-from absl import flags
-
+from jaxproto import inference
 from jaxproto.common import cli
 from jaxproto.common.errors import UserError
+from jaxproto.core import logging as log_lib
+from jaxproto.core.method import BoxXYWH, ExplainRequest
 
 log = logging.getLogger("jaxproto.explain")
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
+def parse_box(text: str) -> BoxXYWH:
     """'x,y,w,h' -> floats, with a clear error."""
-    parts = text.split(",")
     try:
-        x, y, w, h = (float(p) for p in parts)
+        x, y, w, h = (float(p) for p in text.split(","))
     except ValueError:
         raise UserError(f"box {text!r}: expected x,y,w,h (four numbers)") from None
     if w <= 0 or h <= 0:
@@ -36,62 +39,52 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
-def main(argv):
-    del argv
-    from jaxproto.core import logging as log_lib
-    from jaxproto.core import restore
-
-    log_lib.setup_logging()
-    if not flags.FLAGS.image:
-        raise UserError("--image is required")
-    if not os.path.isfile(flags.FLAGS.image):
-        raise UserError(f"image not found: {flags.FLAGS.image}")
-    config, method, state = restore.load_for_inference(flags.FLAGS.workdir, flags.FLAGS.export)
-    stem = os.path.splitext(os.path.basename(flags.FLAGS.image))[0]
-    out = flags.FLAGS.out or os.path.join(
-        flags.FLAGS.workdir or flags.FLAGS.export, "explain", stem
+def build_parser() -> cli.ArgumentParser:
+    parser = cli.make_parser(__doc__, "python -m jaxproto.explain")
+    cli.exclusive_source(parser)
+    parser.add_argument("--image", required=True, help="image to explain (PNG, JPEG or DICOM)")
+    parser.add_argument("--out", help="report folder (default <workdir>/explain/<image stem>)")
+    box = {"action": "append", "default": [], "metavar": "X,Y,W,H"}
+    parser.add_argument("--box", **box, help="reference box to draw (repeatable)")
+    parser.add_argument("--positive_box", **box, help="CSR: region to focus on (repeatable)")
+    parser.add_argument("--negative_box", **box, help="CSR: region to ignore (repeatable)")
+    parser.add_argument(
+        "--reject_concept",
+        action="append",
+        default=[],
+        metavar="INDEX_OR_NAME",
+        help="CSR: concept to reject (repeatable)",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = cli.parse(build_parser(), argv)
+    if not os.path.isfile(args.image):
+        raise UserError(f"--image {args.image}: no such file")
+    request_boxes = {
+        name: tuple(parse_box(b) for b in getattr(args, name))
+        for name in ("box", "positive_box", "negative_box")
+    }
+    log_lib.setup_logging()
+    source = args.workdir or args.export
+    _, method, state = inference.load_for_inference(args.workdir, args.export)
+    stem = os.path.splitext(os.path.basename(args.image))[0]
+    out = args.out or os.path.join(source, "explain", stem)
     os.makedirs(out, exist_ok=True)
-    boxes = [parse_box(b) for b in flags.FLAGS.box]
-    if config.method == "cipl":
-        from jaxproto.methods.cipl.explain import explain
-
-        source = flags.FLAGS.workdir or flags.FLAGS.export
-        result = explain(
-            method, state, flags.FLAGS.image, out, box=boxes[0] if boxes else None, atlas_dir=source
-        )
-    elif config.method == "csr":
-        from jaxproto.methods.csr.interact import explain_cli
-
-        result = explain_cli(
-            method,
-            state,
-            flags.FLAGS.image,
-            out,
-            [parse_box(b) for b in flags.FLAGS.positive_box],
-            [parse_box(b) for b in flags.FLAGS.negative_box],
-            list(flags.FLAGS.reject_concept),
-        )
-    else:
-        raise UserError(
-            f"explain supports cipl and csr models; this one is {config.method!r} "
-            "(for X-MIR use python -m jaxproto.retrieve query, which writes saliency maps)"
-        )
-    log.info("report: %s", result.get("html", out) if isinstance(result, dict) else out)
-
-
-def define_flags() -> None:
-    """Command-line flags (defined only when run as a program, so modules import cleanly)."""
-    flags.DEFINE_string("workdir", None, "Training workdir.")
-    flags.DEFINE_string("export", None, "Export folder (instead of --workdir).")
-    flags.DEFINE_string("image", None, "Image to explain (PNG, JPEG or DICOM).")
-    flags.DEFINE_string("out", None, "Report folder (default <workdir>/explain/<image>).")
-    flags.DEFINE_multi_string("box", [], "Reference box x,y,w,h to draw (repeatable).")
-    flags.DEFINE_multi_string("positive_box", [], "CSR: region to focus on, x,y,w,h.")
-    flags.DEFINE_multi_string("negative_box", [], "CSR: region to ignore, x,y,w,h.")
-    flags.DEFINE_multi_string("reject_concept", [], "CSR: concept index or name to reject.")
+    request = ExplainRequest(
+        image=args.image,
+        out_dir=out,
+        source=source,
+        boxes=request_boxes["box"],
+        positive_boxes=request_boxes["positive_box"],
+        negative_boxes=request_boxes["negative_box"],
+        reject_concepts=tuple(args.reject_concept),
+    )
+    written = method.explain(state, request)
+    log.info("report: %s", written.get("html", out))
+    return 0
 
 
 if __name__ == "__main__":
-    define_flags()
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -2,11 +2,13 @@
 
   python -m jaxproto.predict --export exports/demo --images a.png b.dcm scans/ --out preds.csv
 
-Classifiers: one CSV row per image with per-class probabilities. Retrieval models (X-MIR):
-also ``<out stem>_embeddings.npy`` with one L2-normalised embedding per row of the CSV.
-Folders are expanded to the images they contain (PNG, JPEG, DICOM). An unreadable image stops
-the run with its name, unless ``--skip-bad`` is given: then it is reported (log and
-``<out stem>_skipped.json``) and every other image is still written.
+One CSV row per image with the method's columns (classifiers: per-class probabilities), and
+beside it the method's per-image arrays as ``<out stem>_<name>.npy`` (X-MIR:
+``preds_embedding.npy``, one L2-normalised embedding per CSV row). ``--images`` takes files,
+folders (expanded to the PNG, JPEG and DICOM files inside, recursively) and ``.txt`` lists.
+An unreadable image stops the run with its name before anything is written, unless
+``--skip_bad`` is given: then it is reported (log and ``<out stem>_skipped.json``) and every
+other image is still written.
 """
 
 from __future__ import annotations
@@ -15,44 +17,28 @@ import csv
 import json
 import logging
 import os
+import sys
+from collections.abc import Sequence
 
+import jax
 import numpy as np
-from absl import flags
 
+from jaxproto import inference
 from jaxproto.common import cli
-from jaxproto.common.errors import UserError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+from jaxproto.common.errors import DataError, UserError
+from jaxproto.core import logging as log_lib
+from jaxproto.core.logging import Progress
+from jaxproto.core.method import Method, State
+from jaxproto.data.images import expand_image_paths
+from jaxproto.data.records import Record
 
 log = logging.getLogger("jaxproto.predict")
 
 
-def expand_images(items: list[str]) -> list[str]:
-    """Files as given, folders expanded (sorted) to the images inside them."""
-    out = []
-    for item in items:
-        if os.path.isdir(item):
-            for root, _, files in sorted(os.walk(item)):
-                out.extend(
-                    os.path.join(root, f)
-                    for f in sorted(files)
-                    if f.lower().endswith(IMAGE_EXTENSIONS)
-                )
-        else:
-            out.append(item)
-    if not out:
-        raise UserError("no images given (--images FILE_OR_DIR ...)")
-    return out
-
-
-def predict_files(method, state, paths: list[str], batch_size: int, skip_bad: bool):
+def predict_files(
+    method: Method, state: State, paths: Sequence[str], batch_size: int, skip_bad: bool
+) -> tuple[list[str], dict[str, np.ndarray], list[tuple[str, str]]]:
     """(kept paths, stacked predictions, skipped [(path, reason)]) for ``paths``."""
-    import jax
-
-    from jaxproto.common.errors import DataError
-    from jaxproto.core.logging import Progress
-    from jaxproto.data.records import Record
-
     predict = jax.jit(method.predict)
     n_classes = len(method.class_names())
     kept, skipped, parts = [], [], {}
@@ -82,66 +68,80 @@ def predict_files(method, state, paths: list[str], batch_size: int, skip_bad: bo
     return kept, {k: np.concatenate(v) for k, v in parts.items()}, skipped
 
 
-def write_outputs(out_csv: str, method, paths, preds, skipped) -> list[str]:
-    """Writes the CSV (+ embeddings .npy, skipped list); returns the written files."""
-    os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
+def write_outputs(
+    out_csv: str,
+    method: Method,
+    paths: Sequence[str],
+    preds: dict[str, np.ndarray],
+    skipped: Sequence[tuple[str, str]],
+) -> list[str]:
+    """Writes the CSV, the method's arrays and the skipped list (each under a temporary name,
+    renamed when complete); returns the written files."""
     stem = os.path.splitext(out_csv)[0]
-    written = [out_csv]
-    columns = []
-    probs = preds.get("probs")
-    if probs is not None:
-        names = method.class_names()
-        if probs.shape[1] != len(names):
-            bg = method.index.background_class
-            names = [n for i, n in enumerate(names) if i != bg]
-        columns = names
-    with open(out_csv, "w", newline="") as f:
+    columns = method.prediction_columns(preds)
+    with cli.atomic_write(out_csv, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", *columns])
         for i, path in enumerate(paths):
-            row = [path] + ([f"{p:.6f}" for p in probs[i]] if probs is not None else [])
-            writer.writerow(row)
-    if "embeddings" in preds:
-        np.save(stem + "_embeddings.npy", preds["embeddings"])
-        written.append(stem + "_embeddings.npy")
+            writer.writerow([path, *(_cell(values[i]) for values in columns.values())])
+    written = [out_csv]
+    for name, array in method.prediction_arrays(preds).items():
+        path = f"{stem}_{name}.npy"
+        with cli.atomic_write(path, "wb") as f:
+            np.save(f, array)
+        written.append(path)
     if skipped:
-        with open(stem + "_skipped.json", "w") as f:
+        path = stem + "_skipped.json"
+        with cli.atomic_write(path) as f:
             json.dump([{"image": p, "error": e} for p, e in skipped], f, indent=1)
-        written.append(stem + "_skipped.json")
+        written.append(path)
     return written
 
 
-def main(argv):
-    del argv
-    from jaxproto.core import logging as log_lib
-    from jaxproto.core import restore
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.6f}"
+    return str(value.item() if isinstance(value, np.generic) else value)
 
-    log_lib.setup_logging()
-    _, method, state = restore.load_for_inference(flags.FLAGS.workdir, flags.FLAGS.export)
-    paths = expand_images(flags.FLAGS.images)
-    kept, preds, skipped = predict_files(
-        method, state, paths, flags.FLAGS.batch_size, flags.FLAGS.skip_bad
+
+def build_parser() -> cli.ArgumentParser:
+    parser = cli.make_parser(__doc__, "python -m jaxproto.predict")
+    cli.exclusive_source(parser)
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="image files, folders or .txt lists (several; the flag may repeat)",
     )
+    parser.add_argument("--out", default="predictions.csv", help="output CSV")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+    parser.add_argument(
+        "--skip_bad", action="store_true", help="skip unreadable images instead of stopping"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = cli.parse(build_parser(), argv)
+    if args.batch_size <= 0:
+        raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+    cli.output_file(args.out)
+    paths = expand_image_paths(args.images)
+    log_lib.setup_logging()
+    _, method, state = inference.load_for_inference(args.workdir, args.export)
+    kept, preds, skipped = predict_files(method, state, paths, args.batch_size, args.skip_bad)
     if not kept:
-        raise UserError("no image could be read")
-    for path in write_outputs(flags.FLAGS.out, method, kept, preds, skipped):
+        raise UserError(f"none of the {len(paths)} images could be read")
+    for path in write_outputs(args.out, method, kept, preds, skipped):
         log.info("wrote %s", path)
     if skipped:
         log.warning(
             "%d of %d images skipped (listed in the _skipped.json file)", len(skipped), len(paths)
         )
-
-
-def define_flags() -> None:
-    """Command-line flags (defined only when run as a program, so modules import cleanly)."""
-    flags.DEFINE_string("export", None, "Export folder.")
-    flags.DEFINE_string("workdir", None, "Training workdir (instead of --export).")
-    flags.DEFINE_multi_string("images", [], "Image files or folders (repeatable).")
-    flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
-    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
-    flags.DEFINE_bool("skip_bad", False, "Skip unreadable images instead of stopping.")
+    return 0
 
 
 if __name__ == "__main__":
-    define_flags()
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -25,6 +25,7 @@ from jaxproto.backbones.registry import (
 from jaxproto.backbones.torch_import import (
     CheckpointMismatchError,
     convert_state_dict,
+    init_with_pretrained,
     load_pretrained,
     merge_pretrained,
     read_state_dict,
@@ -38,6 +39,7 @@ __all__ = [
     "backbone_stride",
     "build_backbone",
     "convert_state_dict",
+    "init_with_pretrained",
     "get_spec",
     "load_pretrained",
     "merge_pretrained",

@@ -23,6 +23,7 @@ from jaxproto.backbones.layers import (
     BatchNorm,
     Dtype,
     check_taps,
+    conv_no_bias,
     global_avg_pool,
     kaiming_normal_fan_in,
     max_pool_3x3_s2,
@@ -64,16 +65,7 @@ def tap_info(
 
 
 def _conv(features: int, k: int, dtype: Dtype, name: str, stride: int = 1) -> nn.Conv:
-    return nn.Conv(
-        features,
-        (k, k),
-        strides=(stride, stride),
-        padding=((k // 2, k // 2), (k // 2, k // 2)),
-        use_bias=False,
-        kernel_init=kaiming_normal_fan_in,
-        dtype=dtype,
-        name=name,
-    )
+    return conv_no_bias(features, k, stride, kaiming_normal_fan_in, dtype, name)
 
 
 class DenseLayer(nn.Module):

@@ -37,6 +37,27 @@ def torch_default_bias(fan_in: int) -> nn.initializers.Initializer:
     return init
 
 
+def conv_no_bias(
+    features: int,
+    k: int,
+    stride: int,
+    kernel_init: nn.initializers.Initializer,
+    dtype: Dtype,
+    name: str,
+) -> nn.Conv:
+    """PyTorch ``Conv2d(k, stride, padding=k // 2, bias=False)`` with ``kernel_init``."""
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(stride, stride),
+        padding=((k // 2, k // 2), (k // 2, k // 2)),
+        use_bias=False,
+        kernel_init=kernel_init,
+        dtype=dtype,
+        name=name,
+    )
+
+
 class BatchNorm(nn.Module):
     """BatchNorm with PyTorch semantics (jax_stack.md §3.1).
 

@@ -19,6 +19,7 @@ from jaxproto.backbones.layers import (
     BatchNorm,
     Dtype,
     check_taps,
+    conv_no_bias,
     global_avg_pool,
     kaiming_normal_fan_out,
     max_pool_3x3_s2,
@@ -53,16 +54,7 @@ def tap_info(
 
 
 def _conv(features: int, k: int, stride: int, dtype: Dtype, name: str) -> nn.Conv:
-    return nn.Conv(
-        features,
-        (k, k),
-        strides=(stride, stride),
-        padding=((k // 2, k // 2), (k // 2, k // 2)),
-        use_bias=False,
-        kernel_init=kaiming_normal_fan_out,
-        dtype=dtype,
-        name=name,
-    )
+    return conv_no_bias(features, k, stride, kaiming_normal_fan_out, dtype, name)
 
 
 class ResidualBlock(nn.Module):

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxproto.backbones.registry import build_backbone, get_spec
-from jaxproto.common.errors import DataError
+from jaxproto.common.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ FlatKey = tuple[str, str]  # (collection, "module/.../leaf")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint does not match the model: lists every missing/unexpected/mis-shaped key."""
 
 
@@ -62,13 +62,18 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     loaded with ``weights_only=True``; bfloat16/float16 tensors are widened to float32.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise CheckpointError(f"weights file not found: {path}")
     if path.endswith(".safetensors"):
         import safetensors.numpy
 
-        return dict(safetensors.numpy.load_file(path))
+        try:
+            return dict(safetensors.numpy.load_file(path))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise CheckpointError(
+                f"{path}: cannot read safetensors ({type(e).__name__}: {e})"
+            ) from e
     if not path.endswith(TORCH_SUFFIXES):
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: unknown weights format; expected one of {TORCH_SUFFIXES + ('.safetensors',)}"
             " (or a converted .msgpack for load_pretrained)"
         )
@@ -79,17 +84,22 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             f"reading {path} needs PyTorch (pip install torch); or convert the file to "
             ".safetensors / .msgpack on a machine that has it"
         ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with non-tensor objects, not a torch file
+        raise CheckpointError(f"{path}: cannot read torch file ({type(e).__name__}: {e})") from e
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
             break
     if not isinstance(obj, Mapping):
-        raise DataError(f"{path}: expected a state_dict (a mapping of tensors), got {type(obj)}")
+        raise CheckpointError(
+            f"{path}: expected a state_dict (a mapping of tensors), got {type(obj)}"
+        )
     out = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise DataError(
+            raise CheckpointError(
                 f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor "
                 "(is this a state_dict?)"
             )
@@ -145,25 +155,28 @@ def _map_vgg(module: str) -> str | None:
 _TV_CONVNEXT_BLOCK = {"0": "conv_dw", "2": "norm", "3": "mlp_fc1", "5": "mlp_fc2"}
 
 
+# Plain renames (regex on the torch module path -> Linen name with the groups filled in), timm
+# then torchvision (features.0 = stem, classifier.0/2 = head norm/fc).
+_CONVNEXT_RENAMES = (
+    (r"stem\.([01])", "stem_{0}"),
+    (r"stages\.(\d)\.downsample\.([01])", "stages_{0}_downsample_{1}"),
+    (r"head\.(norm|fc)", "head_{0}"),
+    (r"features\.0\.([01])", "stem_{0}"),
+    (r"classifier\.0", "head_norm"),
+    (r"classifier\.2", "head_fc"),
+)
+
+
 def _map_convnext(module: str) -> str | None:
-    # timm names
-    m = re.fullmatch(r"stem\.([01])", module)
-    if m:
-        return f"stem_{m[1]}"
-    m = re.fullmatch(r"stages\.(\d)\.downsample\.([01])", module)
-    if m:
-        return f"stages_{m[1]}_downsample_{m[2]}"
+    for pattern, template in _CONVNEXT_RENAMES:
+        m = re.fullmatch(pattern, module)
+        if m:
+            return template.format(*m.groups())
     m = re.fullmatch(r"stages\.(\d)\.blocks\.(\d+)(?:\.(conv_dw|norm|mlp\.fc1|mlp\.fc2))?", module)
     if m:
         block = f"stages_{m[1]}_blocks_{m[2]}"
         return block if m[3] is None else f"{block}/{m[3].replace('.', '_')}"
-    m = re.fullmatch(r"head\.(norm|fc)", module)
-    if m:
-        return f"head_{m[1]}"
-    # torchvision names: features.0 stem, odd features.{2s+1} stage s, even features.{2s} downsample
-    m = re.fullmatch(r"features\.0\.([01])", module)
-    if m:
-        return f"stem_{m[1]}"
+    # torchvision: odd features.{2s+1} are stage s, even features.{2s} its downsample
     m = re.fullmatch(r"features\.(\d)\.(\d+)(?:\.block\.(\d))?", module)
     if m:
         n = int(m[1])
@@ -174,8 +187,7 @@ def _map_convnext(module: str) -> str | None:
             return f"{block}/{_TV_CONVNEXT_BLOCK[m[3]]}" if m[3] in _TV_CONVNEXT_BLOCK else None
         if m[3] is None and m[2] in ("0", "1"):
             return f"stages_{n // 2}_downsample_{m[2]}"
-        return None
-    return {"classifier.0": "head_norm", "classifier.2": "head_fc"}.get(module)
+    return None
 
 
 # family -> (key normaliser, module mapper, head modules, final head module)
@@ -263,19 +275,44 @@ def _check(
     allow_unexpected: str | None,
     what: str,
 ) -> None:
-    """Raises one CheckpointMismatchError listing every problem; filters by the allow regexes."""
-    problems = []
+    """Raises one CheckpointMismatchError listing every problem; filters by the allow regexes.
+
+    What an allow regex lets through is logged by name as a warning (never dropped silently);
+    a shape mismatch of a tensor the model has is always an error."""
+    problems, allowed_missing, allowed_unexpected = [], [], []
     for key in sorted(set(expected) - set(got)):
         name = "/".join(key)
-        if not (allow_missing and re.search(allow_missing, name)):
+        if allow_missing and re.search(allow_missing, name):
+            allowed_missing.append(name)
+        else:
             problems.append(f"missing: {name} (expected shape {_shape_of(expected[key])})")
     for key in sorted(set(got) - set(expected)):
         src = source_names.get(key, "/".join(key))
-        if not (allow_unexpected and re.search(allow_unexpected, src)):
+        if allow_unexpected and re.search(allow_unexpected, src):
+            allowed_unexpected.append(f"{src} {list(_shape_of(got[key]))}")
+        else:
             problems.append(f"unexpected: {src} (-> {'/'.join(key)}, shape {_shape_of(got[key])})")
     for src in unexpected:
-        if not (allow_unexpected and re.search(allow_unexpected, src)):
+        if allow_unexpected and re.search(allow_unexpected, src):
+            allowed_unexpected.append(src)
+        else:
             problems.append(f"unexpected: {src} (no matching parameter in the model)")
+    if allowed_missing:
+        log.warning(
+            "%s: %d parameter(s) not in the file keep their initial values (allowed by "
+            "allow_missing): %s",
+            what,
+            len(allowed_missing),
+            ", ".join(allowed_missing),
+        )
+    if allowed_unexpected:
+        log.warning(
+            "%s: %d tensor(s) of the file are NOT loaded (no place in this model; allowed by "
+            "allow_unexpected): %s",
+            what,
+            len(allowed_unexpected),
+            ", ".join(allowed_unexpected),
+        )
     for key in sorted(set(expected) & set(got)):
         want, have = _shape_of(expected[key]), _shape_of(got[key])
         if want != have:
@@ -391,11 +428,15 @@ def load_pretrained(
             **overrides,
         )
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise CheckpointError(f"weights file not found: {path}")
     with open(path, "rb") as f:
-        restored = flax.serialization.msgpack_restore(f.read())
+        data = f.read()
+    try:
+        restored = flax.serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises several types for truncated or foreign bytes
+        raise CheckpointError(f"{path}: cannot read msgpack ({type(e).__name__}: {e})") from e
     if not isinstance(restored, Mapping) or "params" not in restored:
-        raise DataError(f"{path}: expected a msgpack dict with 'params' (and 'batch_stats')")
+        raise CheckpointError(f"{path}: expected a msgpack dict with 'params' (and 'batch_stats')")
     variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}
     _, _, head_modules, final_head = _FAMILIES[get_spec(arch).family]
     if drop_head:
@@ -483,3 +524,21 @@ def save_msgpack(variables: Mapping[str, Any], path: str) -> None:
     os.makedirs(directory, exist_ok=True)
     with open(path, "wb") as f:
         f.write(flax.serialization.msgpack_serialize(tree))
+
+
+def init_with_pretrained(
+    variables: Mapping[str, Any],
+    init_from: str,
+    arch: str,
+    prefix: str = "backbone",
+    **load_kwargs: Any,
+) -> dict[str, Any]:
+    """``variables`` with the backbone under ``prefix`` replaced by the weights in ``init_from``
+    (a torchvision/timm/CheXNet file or a converted .msgpack; the classifier head dropped
+    unless ``load_kwargs`` say otherwise). Empty ``init_from`` returns ``variables`` as is.
+    The one "start from pretrained weights" step every method's ``init`` uses."""
+    if not init_from:
+        return dict(variables)
+    load_kwargs.setdefault("drop_head", "with_head" not in load_kwargs)
+    pretrained = load_pretrained(init_from, arch, **load_kwargs)
+    return {**variables, **merge_pretrained(variables, pretrained, prefix=prefix)}

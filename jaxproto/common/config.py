@@ -243,4 +243,9 @@ def distributed_block() -> ml_collections.ConfigDict:
     c.num_processes = 0
     c.process_id = -1
     c.local_device_ids = ""
+    # Coordination-service timeouts (seconds): a process that stops answering is declared dead
+    # after heartbeat_timeout_s and every other process then stops instead of hanging.
+    c.initialization_timeout_s = 300
+    c.heartbeat_timeout_s = 30
+    c.shutdown_timeout_s = 60
     return c

@@ -14,6 +14,10 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxproto.common import config as config_lib
+from jaxproto.common.errors import CheckpointError
+from jaxproto.core import workdir as workdir_lib
+
 log = logging.getLogger(__name__)
 
 
@@ -28,8 +32,16 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
         self.workdir = os.path.abspath(workdir)
+        # Distinct barrier prefixes: orbax names its multi-process "async write complete"
+        # barrier after the step, so a best and a latest save of the same step (the end of a
+        # phase) would otherwise collide across processes.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max(1, keep), create=True, enable_async_checkpointing=async_save
+            max_to_keep=max(1, keep),
+            create=True,
+            enable_async_checkpointing=async_save,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix="latest"
+            ),
         )
         self.latest = ocp.CheckpointManager(
             os.path.join(self.workdir, "ckpt"),
@@ -37,7 +49,12 @@ class Checkpointer:
             options=options,
         )
         best_options = ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, enable_async_checkpointing=async_save
+            max_to_keep=1,
+            create=True,
+            enable_async_checkpointing=async_save,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix="best"
+            ),
         )
         self.best = ocp.CheckpointManager(
             os.path.join(self.workdir, "best"), item_names=("state", "meta"), options=best_options
@@ -99,9 +116,6 @@ def write_initial_checkpoint(workdir: str, config, state, dataset_meta: dict) ->
     """Makes ``workdir`` a complete, evaluable jaxproto workdir from a converted state
     (e.g. an imported official checkpoint): config.json, dataset.json and a checkpoint
     marked as finished training."""
-    from jaxproto.common import config as config_lib
-    from jaxproto.core import workdir as workdir_lib
-
     os.makedirs(workdir, exist_ok=True)
     config_lib.save_config(config, workdir)
     workdir_lib.write_dataset_meta(workdir, dataset_meta)
@@ -109,3 +123,39 @@ def write_initial_checkpoint(workdir: str, config, state, dataset_meta: dict) ->
     step = int(state.get("step", 0))
     ckpt.save(step, state, {"phase_index": 10**6, "step_in_phase": 0, "finished": True})
     ckpt.close()
+
+
+INFERENCE_KEYS = ("params", "batch_stats", "extra")
+
+
+class IncompleteWorkdir(CheckpointError, FileNotFoundError):
+    """The workdir lacks a file or checkpoint that inference needs."""
+
+
+def _has_steps(path: str) -> bool:
+    return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+
+
+def restore_for_inference(workdir: str, which: str = "best") -> tuple[dict, int]:
+    """({"params", "batch_stats", "extra"} on this process's first device, step) from the
+    workdir's "best" checkpoint (the latest when no best was tracked) or its "latest" one,
+    whatever mesh or number of processes wrote it."""
+    sub = {"best": "best", "latest": "ckpt"}[which]
+    root = os.path.abspath(workdir)  # orbax only opens absolute paths
+    path = os.path.join(root, sub)
+    if which == "best" and not _has_steps(path):
+        path = os.path.join(root, "ckpt")
+    if not _has_steps(path):
+        raise IncompleteWorkdir(
+            f"{workdir}: no finished checkpoint under ckpt/ or best/ (did training save one?)"
+        )
+    mngr = ocp.CheckpointManager(path, item_names=("state", "data_iter", "meta"))
+    step = mngr.latest_step()
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=local)),
+    )
+    mngr.close()
+    state = restored["state"]
+    return {k: state.get(k, {}) for k in INFERENCE_KEYS}, step

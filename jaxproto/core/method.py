@@ -44,17 +44,25 @@ class HookContext(Protocol):
     is_main_process: bool
 
     def stream_predictions(
-        self, state: State, records: Sequence[Record], batch_size: int | None = None
+        self,
+        state: State,
+        records: Sequence[Record],
+        batch_size: int | None = None,
+        predict_fn: Callable | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, jax.Array]]]:
-        """Yields (record indices, method.predict outputs as global arrays) over ``records``
-        in order, sharded over the mesh and the processes; the last batch is padded and its
-        padding dropped from the indices."""
+        """Yields (record indices, outputs as global arrays) over ``records`` in order,
+        sharded over the mesh and the processes; the last batch is padded and its padding
+        dropped from the indices. Outputs are ``method.predict``'s, or ``predict_fn(state,
+        batch)``'s when given (a jitted function with replicated outputs, e.g. a push pass)."""
         ...
 
 
 Hook = Callable[[HookContext, State], State]
 
 BoxXYWH = tuple[float, float, float, float]
+
+THRESHOLDS_FILE = "thresholds.json"  # operating thresholds, in a workdir and an export
+THRESHOLD_CRITERION = "best F1 (core.metrics.best_threshold_f1)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +121,11 @@ class Method(abc.ABC):
     def __init__(self, config: ml_collections.ConfigDict, index: DatasetIndex):
         self.config = config
         self.index = index
+        # Set by ``inference.load_for_inference``: the operating thresholds
+        # ({"split", "criterion", "classes": {name: threshold}}; None for a model saved
+        # without them) and where the model came from ({"source", "kind", "id"}).
+        self.thresholds: dict | None = None
+        self.provenance: dict[str, str] = {}
 
     @abc.abstractmethod
     def init(self, rng: jax.Array) -> State:
@@ -158,18 +171,80 @@ class Method(abc.ABC):
         returns the written files by role (``{"html": ..., "json": ...}``)."""
         raise UserError(f"{self.config.method} models have no explain report")
 
+    def probability_names(self, num_columns: int) -> list[str]:
+        """The class of each ``outputs.PROBS`` column: every class, or every class but the
+        background when the model predicts it implicitly (CIPL's No-Finding logit)."""
+        names = self.class_names()
+        if num_columns != len(names):
+            names = [n for i, n in enumerate(names) if i != self.index.background_class]
+        return names
+
+    def operating_thresholds(
+        self, predictions: dict[str, np.ndarray], records: Sequence[Record], split: str
+    ) -> dict | None:
+        """The per-class operating thresholds chosen on ``split``'s predictions (best F1 per
+        class, one-vs-rest on ``outputs.PROBS``), as saved in ``THRESHOLDS_FILE``; None when
+        the model has no class probabilities. Classes without a positive get no threshold."""
+        probs = predictions.get(outputs.PROBS)
+        if probs is None or not len(records):
+            return None
+        names = self.class_names()
+        keep = [i for i, n in enumerate(names) if n in self.probability_names(probs.shape[1])]
+        labels = np.stack([np.asarray(r.labels, np.float32) for r in records])[:, keep] > 0.5
+        report = metrics_lib.classification_report(
+            labels.astype(np.int64), probs, [names[i] for i in keep]
+        )
+        classes = {
+            n: r["threshold"] for n, r in report["classes"].items() if r["threshold"] is not None
+        }
+        return {
+            "split": split,
+            "criterion": THRESHOLD_CRITERION,
+            "num_images": len(records),
+            "classes": classes,
+        }
+
+    def decisions(self, probabilities: dict[str, float]) -> list[dict]:
+        """Decision rows for a page (``viz.report`` ``decisions``): per class its probability,
+        the operating threshold and positive/negative (None without a threshold)."""
+        thresholds = (self.thresholds or {}).get("classes", {})
+        rows = []
+        for name, p in probabilities.items():
+            t = thresholds.get(name)
+            rows.append(
+                {
+                    "class": name,
+                    "probability": float(p),
+                    "threshold": None if t is None else float(t),
+                    "decision": None if t is None else bool(p >= t),
+                }
+            )
+        return rows
+
     def prediction_columns(self, predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """CSV columns ``predict`` writes per image (name -> (N,) values), in order.
 
-        Default: one probability column per class; the background class is left out when the
-        model predicts it implicitly (CIPL's No-Finding logit)."""
+        Default: per class its probability ``<class>`` and, when the model carries operating
+        thresholds, ``<class>_decision`` (1 = positive: probability >= threshold) and
+        ``<class>_threshold``; the background class is left out when the model predicts it
+        implicitly (CIPL's No-Finding logit)."""
         probs = predictions.get(outputs.PROBS)
         if probs is None:
             return {}
-        names = self.class_names()
-        if probs.shape[1] != len(names):
-            names = [n for i, n in enumerate(names) if i != self.index.background_class]
-        return {name: probs[:, i] for i, name in enumerate(names)}
+        thresholds = (self.thresholds or {}).get("classes", {})
+        columns = {}
+        for i, name in enumerate(self.probability_names(probs.shape[1])):
+            columns[name] = probs[:, i]
+            if name in thresholds:
+                t = float(thresholds[name])
+                columns[f"{name}_decision"] = (probs[:, i] >= t).astype(np.int64)
+                columns[f"{name}_threshold"] = np.full(len(probs), t)
+        return columns
+
+    def export_files(self, workdir: str) -> dict[str, str]:
+        """Evidence files an export carries besides the model ({name in the export: path in
+        ``workdir``}; e.g. CIPL's prototype atlas, so ``explain --export`` can show it)."""
+        return {}
 
     def prediction_arrays(self, predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-image arrays ``predict`` saves beside the CSV as ``<stem>_<name>.npy``."""

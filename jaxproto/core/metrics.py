@@ -226,60 +226,6 @@ def format_summary(result: dict[str, object]) -> str:
     return "\n\n".join(parts)
 
 
-def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Fraction of equal entries (class indices, or 0/1 labels element-wise)."""
-    t, p = np.asarray(y_true), np.asarray(y_pred)
-    if t.shape != p.shape or t.size == 0:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must be equal and non-empty")
-    return float(np.mean(t == p))
-
-
-def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """F1 = 2TP / (2TP + FP + FN), 0 where the denominator is 0 (sklearn ``zero_division=0``)."""
-    denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).astype(np.float64)
-
-
-def macro_f1(
-    y_true_int: np.ndarray, y_pred_int: np.ndarray, num_classes: int, labels: str = "present"
-) -> float:
-    """Macro-F1 of single-label predictions (CSR spec §8: arg-max, no thresholding).
-
-    ``labels="present"`` averages over classes occurring in ``y_true`` or ``y_pred`` (sklearn's
-    default, the CSR protocol); ``"all"`` averages over all ``num_classes`` (absent ones score 0).
-    """
-    t = np.asarray(y_true_int).ravel()
-    p = np.asarray(y_pred_int).ravel()
-    if t.shape != p.shape or t.size == 0:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must be equal and non-empty")
-    for name, a in (("y_true", t), ("y_pred", p)):
-        if not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() >= num_classes:
-            raise ValueError(f"{name} must hold integer class ids in [0, {num_classes})")
-    if labels not in ("present", "all"):
-        raise ValueError(f"labels must be 'present' or 'all', got {labels!r}")
-    classes = np.arange(num_classes)
-    tp = np.array([np.sum((t == c) & (p == c)) for c in classes])
-    fp = np.array([np.sum((t != c) & (p == c)) for c in classes])
-    fn = np.array([np.sum((t == c) & (p != c)) for c in classes])
-    f1 = _f1_from_counts(tp, fp, fn)
-    if labels == "present":
-        f1 = f1[np.isin(classes, np.union1d(t, p))]
-    return float(f1.mean())
-
-
-def multilabel_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, object]:
-    """Per-class F1 of 0/1 multi-label predictions and their unweighted (macro) mean."""
-    t = _check_binary("y_true", _as_2d("y_true", y_true))
-    p = _check_binary("y_pred", _as_2d("y_pred", y_pred))
-    if t.shape != p.shape:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must have the same shape")
-    tp = np.sum(t * p, axis=0)
-    fp = np.sum((1 - t) * p, axis=0)
-    fn = np.sum(t * (1 - p), axis=0)
-    per_class = _f1_from_counts(tp, fp, fn)
-    return {"per_class": per_class.tolist(), "macro": float(per_class.mean())}
-
-
 def _boxes_of(item: object, index: int) -> np.ndarray:
     """One image's boxes as float [K, 4]; accepts one (x, y, w, h) or a sequence of them."""
     b = np.asarray(item, np.float64)
@@ -305,14 +251,26 @@ def _check_maps(maps: np.ndarray, boxes: Sequence[object]) -> np.ndarray:
     return m
 
 
+TOLERANCE_SHAPES = ("square", "disk")
+
+
 def pointing_hits(
-    maps: np.ndarray, boxes: Sequence[object], tolerance_px: float = 0.0
+    maps: np.ndarray,
+    boxes: Sequence[object],
+    tolerance_px: float = 0.0,
+    tolerance_shape: str = "square",
 ) -> np.ndarray:
     """Per-image pointing-game hits (Zhang et al.): is the map's arg-max inside a box?
 
-    Each box is enlarged by ``tolerance_px`` on every side (Zhang et al. use 15 px at image
-    resolution). Ties go to the first maximum in row-major order; constant maps are logged.
+    A point within ``tolerance_px`` of a box counts as inside (Zhang et al. use 15 px at image
+    resolution): ``tolerance_shape="square"`` enlarges each box by the tolerance on every side,
+    ``"disk"`` takes the Euclidean distance to the box (Zhang et al.'s distance transform of the
+    box mask). Ties go to the first maximum in row-major order; constant maps are logged.
     """
+    if tolerance_shape not in TOLERANCE_SHAPES:
+        raise ValueError(
+            f"tolerance_shape must be one of {TOLERANCE_SHAPES}, got {tolerance_shape!r}"
+        )
     m = _check_maps(maps, boxes)
     n, _, width = m.shape
     flat = m.reshape(n, -1)
@@ -327,54 +285,49 @@ def pointing_hits(
     hits = np.zeros(n, bool)
     for i in range(n):
         b = _boxes_of(boxes[i], i)
-        inside = (
-            (cx[i] >= b[:, 0] - tolerance_px)
-            & (cx[i] <= b[:, 0] + b[:, 2] + tolerance_px)
-            & (cy[i] >= b[:, 1] - tolerance_px)
-            & (cy[i] <= b[:, 1] + b[:, 3] + tolerance_px)
-        )
+        # Distance from the point to each box along x and y (0 inside the box's extent).
+        dx = np.maximum(np.maximum(b[:, 0] - cx[i], cx[i] - (b[:, 0] + b[:, 2])), 0.0)
+        dy = np.maximum(np.maximum(b[:, 1] - cy[i], cy[i] - (b[:, 1] + b[:, 3])), 0.0)
+        if tolerance_shape == "disk":
+            inside = dx * dx + dy * dy <= tolerance_px * tolerance_px
+        else:
+            inside = (dx <= tolerance_px) & (dy <= tolerance_px)
         hits[i] = bool(inside.any())
     return hits
 
 
-def pointing_game(maps: np.ndarray, boxes: Sequence[object], tolerance_px: float = 0.0) -> float:
+def pointing_game(
+    maps: np.ndarray,
+    boxes: Sequence[object],
+    tolerance_px: float = 0.0,
+    tolerance_shape: str = "square",
+) -> float:
     """Pointing-game hit rate over images; see `pointing_hits`."""
-    return float(pointing_hits(maps, boxes, tolerance_px).mean())
+    return float(pointing_hits(maps, boxes, tolerance_px, tolerance_shape).mean())
 
 
 def box_to_grid(
-    box: BoxLike, image_size: tuple[int, int], grid_size: tuple[int, int]
+    box: BoxLike,
+    image_size: tuple[int, int],
+    grid_size: tuple[int, int],
+    keep_one_cell: bool = False,
 ) -> tuple[int, int, int, int]:
-    """Scales an image-pixel box to grid cells ``[c0, c1) x [r0, r1)`` (floor/ceil, clamped).
+    """Scales an image-pixel box to grid cells ``[c0, c1) x [r0, r1)`` (floor/ceil, clamped):
+    a cell counts if the box overlaps it at all (CSR spec §4.1, §8, R2's grid variant).
 
-    ``image_size`` and ``grid_size`` are (width, height). CSR spec §8, R2's grid variant.
+    ``image_size`` and ``grid_size`` are (width, height). A box outside the grid gives an empty
+    range; ``keep_one_cell`` instead clamps it onto the nearest border cell, so every box covers
+    at least one cell.
     """
     x, y, w, h = (float(v) for v in box)
     (iw, ih), (gw, gh) = image_size, grid_size
-    c0 = min(max(math.floor(x * gw / iw), 0), gw)
-    c1 = min(max(math.ceil((x + w) * gw / iw), 0), gw)
-    r0 = min(max(math.floor(y * gh / ih), 0), gh)
-    r1 = min(max(math.ceil((y + h) * gh / ih), 0), gh)
+    last_c, last_r = (gw - 1, gh - 1) if keep_one_cell else (gw, gh)
+    c0 = min(max(math.floor(x * gw / iw), 0), last_c)
+    r0 = min(max(math.floor(y * gh / ih), 0), last_r)
+    lo_c, lo_r = (c0 + 1, r0 + 1) if keep_one_cell else (0, 0)
+    c1 = min(max(math.ceil((x + w) * gw / iw), lo_c), gw)
+    r1 = min(max(math.ceil((y + h) * gh / ih), lo_r), gh)
     return c0, c1, r0, r1
-
-
-def pointing_game_grid(
-    maps: np.ndarray, boxes: Sequence[object], image_size: tuple[int, int]
-) -> float:
-    """Grid pointing game: arg-max on the raw map grid, boxes (image pixels) scaled to the grid.
-
-    CSR spec §8 (R2's variant, no tolerance); ``image_size`` is (width, height) of the image the
-    boxes refer to.
-    """
-    m = _check_maps(maps, boxes)
-    n, gh, gw = m.shape
-    arg = m.reshape(n, -1).argmax(axis=1)
-    hits = []
-    for i in range(n):
-        r, c = divmod(int(arg[i]), gw)
-        cells = [box_to_grid(b, image_size, (gw, gh)) for b in _boxes_of(boxes[i], i)]
-        hits.append(any(c0 <= c < c1 and r0 <= r < r1 for c0, c1, r0, r1 in cells))
-    return float(np.mean(hits))
 
 
 def box_mask(boxes: object, shape: tuple[int, int], index: int = 0) -> np.ndarray:
@@ -416,10 +369,3 @@ def map_ious(
         union = np.sum(pred | gt)
         ious[i] = np.sum(pred & gt) / union if union else 0.0
     return ious
-
-
-def map_iou(
-    maps: np.ndarray, boxes: Sequence[object], threshold_frac: float = 0.5, mode: str = "max"
-) -> float:
-    """Mean IoU over images; see `map_ious`."""
-    return float(map_ious(maps, boxes, threshold_frac, mode).mean())

@@ -50,10 +50,19 @@ def initialize_distributed(cfg: ml_collections.ConfigDict | None) -> None:
             num_processes=num,
             process_id=pid,
             local_device_ids=local_ids,
+            **_timeouts(cfg),
         )
     elif _auto_detectable():
         log.info("jax.distributed.initialize() with auto-detection")
-        jax.distributed.initialize()
+        jax.distributed.initialize(**_timeouts(cfg))
+
+
+def _timeouts(cfg: ml_collections.ConfigDict) -> dict[str, int]:
+    return {
+        "initialization_timeout": int(cfg.get("initialization_timeout_s", 300)),
+        "heartbeat_timeout_seconds": int(cfg.get("heartbeat_timeout_s", 30)),
+        "shutdown_timeout_seconds": int(cfg.get("shutdown_timeout_s", 60)),
+    }
 
 
 def _auto_detectable() -> bool:

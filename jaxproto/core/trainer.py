@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,18 +41,6 @@ class Preempted(RuntimeError):
     """SIGTERM received: a checkpoint was saved and the run stopped cleanly."""
 
 
-def _load_index(config: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
-    from jaxproto.data import registry
-
-    return registry.load_index(config.data, report)
-
-
-def build_method(config: ml_collections.ConfigDict, index: DatasetIndex) -> Method:
-    from jaxproto.methods import get_method
-
-    return get_method(config.method)(config, index)
-
-
 def init_state(method: Method, optimizers: dict, seed: int) -> State:
     """Method variables plus step, optimizer states and the run's RNG key."""
     rng = jax.random.key(seed)
@@ -72,6 +60,45 @@ def _finite_report(metrics: dict) -> list[str]:
     return [k for k, v in metrics.items() if np.ndim(v) == 0 and not np.isfinite(float(v))]
 
 
+def make_train_step(
+    method: Method, phase: Phase, tx: optax.GradientTransformation
+) -> Callable[[State, dict], tuple[State, dict]]:
+    """The pure train step of ``phase``: (state, batch) -> (new state, metrics).
+
+    One value-and-grad of ``method.loss`` over the params, the phase's optimizer update, the
+    method's state updates (batch_stats, EMA ...) and the phase's ``post_update``. Jit it with
+    the state and batch shardings (``Trainer.step_fn`` does)."""
+
+    def step(state: State, batch: dict) -> tuple[State, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def loss_fn(params):
+            return method.loss(params, state, batch, rng, phase)
+
+        (loss, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        opt_state = state["opt"][phase.optimizer]
+        upd, opt_state = tx.update(grads, opt_state, state["params"])
+        new_state = dict(state)
+        new_state["params"] = optax.apply_updates(state["params"], upd)
+        new_state["opt"] = {**state["opt"], phase.optimizer: opt_state}
+        new_state["step"] = state["step"] + 1
+        for name, value in updates.items():
+            new_state[name] = value
+        if phase.post_update is not None:
+            new_state = phase.post_update(new_state)
+        metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
+        return new_state, metrics
+
+    return step
+
+
+def make_predict_fn(method: Method, mesh: jax.sharding.Mesh) -> Callable:
+    """``method.predict`` jitted with replicated outputs (every process sees every row)."""
+    return jax.jit(method.predict, out_shardings=parallel.replicated(mesh))
+
+
 @dataclasses.dataclass
 class _Context:
     """HookContext handed to phase hooks."""
@@ -83,8 +110,8 @@ class _Context:
     is_main_process: bool
     trainer: Trainer
 
-    def stream_predictions(self, state, records, batch_size=None):
-        return self.trainer.stream_predictions(state, records, batch_size)
+    def stream_predictions(self, state, records, batch_size=None, predict_fn=None):
+        return self.trainer.stream_predictions(state, records, batch_size, predict_fn)
 
 
 class Trainer:
@@ -94,15 +121,19 @@ class Trainer:
         self,
         config: ml_collections.ConfigDict,
         workdir: str,
+        method: Method,
+        report: BadSampleReport,
         devices: Sequence[jax.Device] | None = None,
     ):
+        """``method`` is built on the dataset index that ``report`` collected bad samples of
+        (``jaxproto.methods.build_trainer`` does both from a config)."""
         self.config = config
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.mesh = parallel.make_mesh(config.mesh, devices)
-        self.report = BadSampleReport(config.data.get("on_bad_sample", "error"))
-        self.index = _load_index(config, self.report)
-        self.method = build_method(config, self.index)
+        self.report = report
+        self.method = method
+        self.index = method.index
         self.train_records = self.index.split("train")
         self.global_batch = int(config.train.batch_size)
         n_dev = self.mesh.size
@@ -119,7 +150,7 @@ class Trainer:
         self.is_main = parallel.is_main_process()
         self.writer = None
         self._stop_requested = False
-        self._step_fns: dict = {}
+        self._step_fns: dict[int, Callable] = {}
         self._predict_fn = None
 
         abstract = jax.eval_shape(
@@ -146,46 +177,23 @@ class Trainer:
         return parallel.batch_sharding(self.mesh)
 
     # ------------------------------------------------------------------ step
-    def _step_fn(self, phase_index: int):
-        phase = self.phases[phase_index]
-        key = (phase.optimizer, phase.loss, phase.data, id(phase.post_update))
-        if key in self._step_fns:
-            return self._step_fns[key]
-        method, tx = self.method, self.optimizers[phase.optimizer]
-
-        def step(state, batch):
-            rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-
-            def loss_fn(params):
-                return method.loss(params, state, batch, rng, phase)
-
-            (loss, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state["params"]
+    def step_fn(self, phase_index: int) -> Callable:
+        """The jitted train step of phase ``phase_index`` (explicit shardings, donated state),
+        compiled once per phase."""
+        if phase_index not in self._step_fns:
+            phase = self.phases[phase_index]
+            self._step_fns[phase_index] = jax.jit(
+                make_train_step(self.method, phase, self.optimizers[phase.optimizer]),
+                in_shardings=(self.state_shardings, self._batch_sharding()),
+                out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
+                donate_argnums=0,
             )
-            opt_state = state["opt"][phase.optimizer]
-            upd, opt_state = tx.update(grads, opt_state, state["params"])
-            new_state = dict(state)
-            new_state["params"] = optax.apply_updates(state["params"], upd)
-            new_state["opt"] = {**state["opt"], phase.optimizer: opt_state}
-            new_state["step"] = state["step"] + 1
-            for name, value in updates.items():
-                new_state[name] = value
-            if phase.post_update is not None:
-                new_state = phase.post_update(new_state)
-            metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
-            return new_state, metrics
-
-        fn = jax.jit(
-            step,
-            in_shardings=(self.state_shardings, self._batch_sharding()),
-            out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
-            donate_argnums=0,
-        )
-        self._step_fns[key] = fn
-        return fn
+        return self._step_fns[phase_index]
 
     # ------------------------------------------------------------------ data
-    def _stream(self, phase: Phase, phase_index: int):
+    def train_stream(self, phase_index: int):
+        """The checkpointable training stream of phase ``phase_index`` (global batches)."""
+        phase = self.phases[phase_index]
         sampler, example_fn = self.method.train_data(phase, self.train_records)
         return pipeline.make_train_stream(
             sampler,
@@ -199,9 +207,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval
     def stream_predictions(
-        self, state: State, records: Sequence[Record], batch_size: int | None = None
+        self,
+        state: State,
+        records: Sequence[Record],
+        batch_size: int | None = None,
+        predict_fn: Callable | None = None,
     ) -> Iterator[tuple[np.ndarray, dict]]:
-        """(record indices, method.predict outputs as replicated global arrays) in order."""
+        """(record indices, outputs as replicated global arrays) in order: ``method.predict``
+        or ``predict_fn`` (see ``HookContext.stream_predictions``)."""
         return stream_predictions(
             self.method,
             self.mesh,
@@ -209,8 +222,15 @@ class Trainer:
             records,
             batch_size or self.config.train.eval_batch_size,
             worker_count=int(self.config.train.worker_count),
-            cache=self,
+            predict_fn=predict_fn or self.predict_fn,
         )
+
+    @property
+    def predict_fn(self) -> Callable:
+        """``method.predict`` compiled once for this trainer's mesh."""
+        if self._predict_fn is None:
+            self._predict_fn = make_predict_fn(self.method, self.mesh)
+        return self._predict_fn
 
     def evaluate(self, state: State, split: str) -> dict:
         records = self.index.split(split)
@@ -276,7 +296,7 @@ class Trainer:
         try:
             while phase_index < len(self.phases):
                 phase = self.phases[phase_index]
-                stream = self._stream(phase, phase_index)
+                stream = self.train_stream(phase_index)
                 if state is None:
                     same_layout = step_in_phase > 0 and ckpt.has_data_iter(resume_step)
                     state, _ = ckpt.restore(
@@ -334,7 +354,7 @@ class Trainer:
         cfg = self.config.train
         phase = self.phases[phase_index]
         n_steps = self.phase_steps[phase_index]
-        step_fn = self._step_fn(phase_index)
+        step_fn = self.step_fn(phase_index)
         eval_every = (
             int(round(cfg.eval_every_epochs * self.steps_per_epoch))
             if cfg.eval_every_epochs > 0
@@ -422,14 +442,25 @@ def _short(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in _scalars(metrics).items())
 
 
-def stream_predictions(method, mesh, state, records, batch_size, worker_count=0, cache=None):
-    """Streams ``records`` through jitted ``method.predict``; yields (indices, outputs)."""
+def stream_predictions(
+    method: Method,
+    mesh: jax.sharding.Mesh,
+    state: State,
+    records: Sequence[Record],
+    batch_size: int,
+    worker_count: int = 0,
+    predict_fn: Callable | None = None,
+) -> Iterator[tuple[np.ndarray, dict]]:
+    """Streams ``records`` through jitted ``method.predict``; yields (record indices, outputs).
+
+    Without ``predict_fn`` the state is replicated over ``mesh`` first (a state loaded for
+    inference); with it (a compiled function kept across evaluations, e.g. the trainer's) the
+    state is used with the shardings it has."""
     batch_size = parallel.device_multiple(batch_size, mesh)
-    predict = getattr(cache, "_predict_fn", None) if cache is not None else None
-    if predict is None:
-        predict = jax.jit(method.predict, out_shardings=parallel.replicated(mesh))
-        if cache is not None:
-            cache._predict_fn = predict
+    if predict_fn is None:  # a state loaded for inference sits on one device: replicate it
+        predict_fn = make_predict_fn(method, mesh)
+        state = jax.device_put(state, parallel.replicated(mesh))
+    predict = predict_fn
     batches = pipeline.make_eval_batches(
         records,
         method.eval_example,

@@ -20,6 +20,7 @@ Quirks handled: ``Patient Gender`` / ``Patient Sex`` header, the 2017 file's tra
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from jaxproto.common.errors import DataError
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, Box, DatasetIndex, Record
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def read_data_entry(
     """Image name -> (multi-hot labels, patient id, metadata, "file:line") from the table."""
     index = {c: i for i, c in enumerate(classes)}
     out: dict[str, tuple[np.ndarray, str, dict, str]] = {}
-    rows = R.read_csv_rows(
+    rows = loading.read_csv_rows(
         path,
         ["Image Index", "Finding Labels", "Patient ID"],
         aliases={"Patient Gender": ["Patient Sex"]},
@@ -107,11 +108,9 @@ def read_bbox_list(path: str, report: BadSampleReport) -> dict[str, list[Box]]:
     The header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` names 9 fields for 6 values; the
     rows are read positionally after checking the header's first two names.
     """
-    import csv
-
     index = {c: i for i, c in enumerate(DISEASES)}
     boxes: dict[str, list[Box]] = {}
-    with R.open_text(path) as f:
+    with loading.open_text(path) as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         if (
@@ -154,23 +153,20 @@ def read_bbox_list(path: str, report: BadSampleReport) -> dict[str, list[Box]]:
 def read_list(path: str, report: BadSampleReport) -> list[tuple[str, str]]:
     """(image name, "file:line") for each line of a split list."""
     out, seen = [], set()
-    with R.open_text(path) as f:
+    with loading.open_text(path) as f:
         for i, line in enumerate(f, start=1):
             name = line.strip()
             if not name:
                 continue
-            if name in seen:
-                report.bad(f"{path}:{i}", f"duplicate image id {name!r}", "each image once")
+            if not loading.first_sighting(seen, name, f"{path}:{i}", report):
                 continue
-            seen.add(name)
             out.append((name, f"{path}:{i}"))
     return out
 
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads NIH ChestX-ray14 from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
     include_nf = bool(opt("include_no_finding"))
     classes = class_names(include_nf)
     names = [opt("entry_csv")] if opt("entry_csv") else list(ENTRY_NAMES)
@@ -194,11 +190,11 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
                 f"boxes for image {name!r} which is not in {entry_path}",
                 "boxes only for listed images",
             )
-    files = R.list_images(root, (".png",))
+    files = loading.list_images(root, (".png",))
     splits: dict[str, list[Record]] = {}
     assigned: dict[str, str] = {}
     for split, key in (("train", "train_list"), ("test", "test_list")):
-        list_path = R.require_file(os.path.join(root, opt(key)), f"split list data.{key}")
+        list_path = loading.require_file(os.path.join(root, opt(key)), f"split list data.{key}")
         records = []
         for name, where in read_list(list_path, report):
             if name in assigned:
@@ -241,7 +237,7 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         multilabel=True,
         background_class=classes.index(NO_FINDING) if include_nf else None,
     )
-    return R.finish(index, cfg, DEFAULTS)
+    return loading.finish(index, cfg, DEFAULTS)
 
 
 def label_counts(table: Mapping[str, tuple], classes: list[str]) -> dict[str, int]:

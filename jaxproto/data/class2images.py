@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxproto.common.errors import DataError
-from jaxproto.data import registry as R
+from jaxproto.data import loading as R
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 SPLITS = ("train", "val", "test")

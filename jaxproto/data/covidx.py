@@ -18,7 +18,7 @@ import os
 
 import ml_collections
 
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 DEFAULTS: dict = {
@@ -54,10 +54,8 @@ def read_label_file(
             if label not in index:
                 report.bad(where, f"unknown label {label!r}", f"one of {classes}")
                 continue
-            if fname in seen:
-                report.bad(where, f"duplicate image id {fname!r}", "each image once per file")
+            if not loading.first_sighting(seen, fname, where, report):
                 continue
-            seen.add(fname)
             meta = {"where": where, "source": parts[3] if len(parts) == 4 else ""}
             out.append(
                 Record(
@@ -73,17 +71,18 @@ def read_label_file(
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads COVIDx from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
     classes = list(opt("covidx_classes"))
     splits = {}
     for split in ("train", "val", "test"):
         name = opt(f"covidx_{split}")
         if not name:
             continue
-        path = R.require_file(os.path.join(root, name), f"COVIDx {split} list data.covidx_{split}")
+        path = loading.require_file(
+            os.path.join(root, name), f"COVIDx {split} list data.covidx_{split}"
+        )
         records = read_label_file(path, os.path.join(root, split), classes, report)
-        splits[split] = R.check_files(records, report)
+        splits[split] = loading.check_files(records, report)
     background = next((classes.index(c) for c in BACKGROUND_NAMES if c in classes), None)
     index = DatasetIndex(
         name="covidx",
@@ -92,4 +91,4 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         multilabel=False,
         background_class=background,
     )
-    return R.finish(index, cfg, DEFAULTS)
+    return loading.finish(index, cfg, DEFAULTS)

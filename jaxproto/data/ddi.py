@@ -20,7 +20,7 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _bool(value: str, where: str, column: str, report: BadSampleReport) -> bool 
 def read_concepts(path: str, names: list[str], report: BadSampleReport) -> dict[str, np.ndarray]:
     """DDI_file -> 0/1 concept vector from the SkinCon-joined table."""
     out = {}
-    for line, row in R.read_csv_rows(path, ["DDI_file", *names]):
+    for line, row in loading.read_csv_rows(path, ["DDI_file", *names]):
         where = f"{path}:{line}"
         flags = [_bool(row[n], where, n, report) for n in names]
         if any(f is None for f in flags):
@@ -66,9 +66,8 @@ def read_concepts(path: str, names: list[str], report: BadSampleReport) -> dict[
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads DDI from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
-    meta_path = R.require_file(os.path.join(root, opt("ddi_metadata_csv")), "DDI metadata")
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
+    meta_path = loading.require_file(os.path.join(root, opt("ddi_metadata_csv")), "DDI metadata")
     image_dir = os.path.join(root, "images")
     image_dir = image_dir if os.path.isdir(image_dir) else root
     concept_path = os.path.join(root, opt("ddi_concept_csv")) if opt("ddi_concept_csv") else ""
@@ -78,17 +77,15 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         concepts = read_concepts(concept_path, names, report)
     else:
         log.info("no DDI concept table %r: records carry no concepts", concept_path)
-    with R.open_text(meta_path) as f:
+    with loading.open_text(meta_path) as f:
         header = f.readline()
     label_col = "malignant" if "malignant" in header else "malignancy(malig=1)"
     records, seen = [], set()
-    for line, row in R.read_csv_rows(meta_path, ["DDI_file", "skin_tone", label_col]):
+    for line, row in loading.read_csv_rows(meta_path, ["DDI_file", "skin_tone", label_col]):
         where = f"{meta_path}:{line}"
         fname = row["DDI_file"]
-        if fname in seen:
-            report.bad(where, f"duplicate image id {fname!r}", "each image once")
+        if not loading.first_sighting(seen, fname, where, report):
             continue
-        seen.add(fname)
         malignant = _bool(row[label_col], where, label_col, report)
         if malignant is None:
             continue
@@ -117,9 +114,9 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
     index = DatasetIndex(
         name="ddi",
         class_names=list(CLASS_NAMES),
-        splits={"train": R.check_files(records, report)},
+        splits={"train": loading.check_files(records, report)},
         multilabel=False,
         concept_names=names if concepts is not None else [],
     )
-    R.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
-    return R.finish(index, cfg, DEFAULTS)
+    loading.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
+    return loading.finish(index, cfg, DEFAULTS)

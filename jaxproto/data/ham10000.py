@@ -16,7 +16,7 @@ import os
 
 import ml_collections
 
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 DX_CODES = ["akiec", "bcc", "bkl", "df", "nv", "mel", "vasc"]
@@ -35,8 +35,7 @@ DEFAULTS: dict = {
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads HAM10000 from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
     split_by = opt("ham_split_by")
     if split_by not in ("lesion", "image"):
         raise ValueError(f"data.ham_split_by must be 'lesion' or 'image', got {split_by!r}")
@@ -44,10 +43,12 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         raise ValueError(
             "HAM10000 already has a val split from data.ham_fractions; set data.val_fraction=0"
         )
-    meta_path = R.require_file(os.path.join(root, opt("ham_metadata_csv")), "HAM10000 metadata")
-    files = R.list_images(root, (".jpg",))
+    meta_path = loading.require_file(
+        os.path.join(root, opt("ham_metadata_csv")), "HAM10000 metadata"
+    )
+    files = loading.list_images(root, (".jpg",))
     records, seen, lesion_dx = [], set(), {}
-    for line, row in R.read_csv_rows(meta_path, COLUMNS):
+    for line, row in loading.read_csv_rows(meta_path, COLUMNS):
         where = f"{meta_path}:{line}"
         image_id, lesion, dx = row["image_id"], row["lesion_id"], row["dx"]
         if dx not in DX_CODES:
@@ -81,7 +82,7 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         )
     groups = [r.patient_id if split_by == "lesion" else r.image_id for r in records]
     strata = [int(r.labels.argmax()) for r in records]
-    parts = R.grouped_split(groups, list(opt("ham_fractions")), int(opt("seed")), strata)
+    parts = loading.grouped_split(groups, list(opt("ham_fractions")), int(opt("seed")), strata)
     splits = {
         name: [records[i] for i in idx]
         for name, idx in zip(("train", "val", "test"), parts, strict=True)
@@ -89,4 +90,4 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
     index = DatasetIndex(
         name="ham10000", class_names=list(CLASS_NAMES), splits=splits, multilabel=False
     )
-    return R.finish(index, cfg, {**DEFAULTS, "val_fraction": 0.0})
+    return loading.finish(index, cfg, {**DEFAULTS, "val_fraction": 0.0})

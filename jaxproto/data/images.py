@@ -8,7 +8,8 @@
   bits is not rendered nearly black.
 - DICOM (VinDr-CXR): modality LUT (RescaleSlope/Intercept), VOI LUT or window when the file has
   one, then min-max to [0, 1]; MONOCHROME1 is inverted (data_formats.md §6, §10.2).
-- ``synthetic://...`` paths are rendered by ``jaxproto.data.synthetic.render_path``;
+- paths with a scheme are decoded by ``SCHEME_DECODERS``: ``synthetic://...`` paths are
+  rendered by ``jaxproto.data.procedural`` (a pure function of the path), and
   ``arrayrecord://<file>#<i>`` paths read record ``i`` of a prepared ArrayRecord file.
 
 Unreadable or truncated files raise ``DataError`` naming the file.
@@ -19,13 +20,30 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from jaxproto.common.errors import DataError
+from jaxproto.data import procedural
 
 DICOM_EXTS = (".dcm", ".dicom")
+
+
+class ImageError(DataError):
+    """An image that cannot be read (missing, truncated, corrupt, unsupported); ``path`` names
+    it, so the input pipeline can tell which record it belongs to."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):  # picklable across grain worker processes
+        return type(self), (self.path, str(self))
+
+
 ARRAYRECORD_SCHEME = "arrayrecord://"
 
 
@@ -59,18 +77,18 @@ def _load_pil(path: str, channels: int) -> np.ndarray:
             if mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im)
                 if arr.min() < 0:
-                    raise DataError(f"{path}: negative pixel values in a {mode} image")
+                    raise ImageError(path, f"{path}: negative pixel values in a {mode} image")
                 arr = _scale_high_bit_depth(arr)
             elif mode in ("L", "RGB"):
                 arr = np.asarray(im)
             elif mode == "F":
-                raise DataError(f"{path}: floating-point images are not supported")
+                raise ImageError(path, f"{path}: floating-point images are not supported")
             else:
                 arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, DataError):
+        if isinstance(e, ImageError):
             raise
-        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+        raise ImageError(path, f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
     return _to_channels(arr, channels, path)
 
 
@@ -82,15 +100,18 @@ def _load_dicom(path: str, channels: int) -> np.ndarray:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
     except Exception as e:  # pydicom raises many types for truncated/invalid files
-        raise DataError(f"{path}: cannot read DICOM ({type(e).__name__}: {e})") from e
+        raise ImageError(path, f"{path}: cannot read DICOM ({type(e).__name__}: {e})") from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DataError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames), expected one")
+        raise ImageError(
+            path, f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames), expected one"
+        )
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-            raise DataError(
+            raise ImageError(
+                path,
                 f"{path}: unsupported DICOM PhotometricInterpretation {photometric!r} "
-                f"with pixel array {pixels.shape} {pixels.dtype}"
+                f"with pixel array {pixels.shape} {pixels.dtype}",
             )
         return _to_channels(pixels, channels, path)
     x = apply_modality_lut(pixels, ds)
@@ -113,11 +134,9 @@ def _array_record_reader(path: str):
 
 def decode_bytes(data: bytes, where: str, channels: int = 3) -> np.ndarray:
     """Decodes an encoded image (PNG bytes from a prepared ArrayRecord file)."""
-    import cv2
-
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise DataError(f"{where}: cannot decode the stored image bytes")
+        raise ImageError(where, f"{where}: cannot decode the stored image bytes")
     if arr.ndim == 3:
         arr = arr[:, :, ::-1]  # cv2 stores BGR
     return _to_channels(np.ascontiguousarray(arr), channels, where)
@@ -126,28 +145,43 @@ def decode_bytes(data: bytes, where: str, channels: int = 3) -> np.ndarray:
 def _load_prepared(path: str, channels: int) -> np.ndarray:
     file, sep, idx = path[len(ARRAYRECORD_SCHEME) :].rpartition("#")
     if not sep or not idx.isdigit():
-        raise DataError(f"{path}: expected arrayrecord://<file>#<record number>")
+        raise ImageError(path, f"{path}: expected arrayrecord://<file>#<record number>")
     if not os.path.isfile(file):
-        raise DataError(f"{path}: ArrayRecord file {file} not found")
+        raise ImageError(path, f"{path}: ArrayRecord file {file} not found")
     reader = _array_record_reader(file)
     i = int(idx)
     if i >= reader.num_records():
-        raise DataError(f"{path}: record {i} out of range ({reader.num_records()} records)")
+        raise ImageError(path, f"{path}: record {i} out of range ({reader.num_records()} records)")
     return decode_bytes(reader.read([i])[0], path, channels)
+
+
+def _load_procedural(path: str, channels: int) -> np.ndarray:
+    return _to_channels(procedural.render_path(path), channels, path)
+
+
+SCHEME_DECODERS: dict[str, Callable[[str, int], np.ndarray]] = {
+    procedural.SCHEME: _load_procedural,
+    ARRAYRECORD_SCHEME: _load_prepared,
+}
+"""Path prefix -> ``decoder(path, channels)`` for images that are not plain files."""
+
+
+def _scheme_decoder(path: str) -> Callable[[str, int], np.ndarray] | None:
+    for scheme, decoder in SCHEME_DECODERS.items():
+        if path.startswith(scheme):
+            return decoder
+    return None
 
 
 def load_image(path: str, channels: int = 3) -> np.ndarray:
     """Decodes ``path`` to ``uint8`` HxWx``channels`` (1 or 3); DataError if unreadable."""
     if channels not in (1, 3):
         raise ValueError(f"load_image({path!r}): channels must be 1 or 3, got {channels}")
-    if path.startswith("synthetic://"):
-        from jaxproto.data.synthetic import render_path
-
-        return _to_channels(np.asarray(render_path(path), np.uint8), channels, path)
-    if path.startswith(ARRAYRECORD_SCHEME):
-        return _load_prepared(path, channels)
+    decoder = _scheme_decoder(path)
+    if decoder is not None:
+        return decoder(path, channels)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: image file not found")
+        raise ImageError(path, f"{path}: image file not found")
     if path.lower().endswith(DICOM_EXTS):
         return _load_dicom(path, channels)
     return _load_pil(path, channels)
@@ -155,11 +189,11 @@ def load_image(path: str, channels: int = 3) -> np.ndarray:
 
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) of an image, reading only the header where the format allows."""
-    if path.startswith(("synthetic://", ARRAYRECORD_SCHEME)):
+    if _scheme_decoder(path) is not None:
         h, w = load_image(path, channels=1).shape[:2]
         return int(w), int(h)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: image file not found")
+        raise ImageError(path, f"{path}: image file not found")
     if path.lower().endswith(DICOM_EXTS):
         import pydicom
 
@@ -167,9 +201,70 @@ def image_size(path: str) -> tuple[int, int]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             return int(ds.Columns), int(ds.Rows)
         except Exception as e:
-            raise DataError(f"{path}: cannot read DICOM header ({type(e).__name__}: {e})") from e
+            raise ImageError(
+                path, f"{path}: cannot read DICOM header ({type(e).__name__}: {e})"
+            ) from e
     try:
         with Image.open(path) as im:
             return im.size
     except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
+        raise ImageError(path, f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+LIST_FILE_EXTENSIONS = (".txt", ".lst", ".list")
+
+
+def expand_image_paths(items: Sequence[str], skip_suffixes: Sequence[str] = ()) -> list[str]:
+    """Every image named by ``items``, in order: image files as given, folders expanded
+    (recursively, sorted), and list files (``.txt``: one path per line, relative to the list's
+    folder). Image stems ending in ``skip_suffixes`` (e.g. ISIC's ``_superpixels``) are left
+    out of folders. The one image lister of the project (predict, retrieve index, studio)."""
+    out: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            found = walk_images(item, skip_suffixes=skip_suffixes)
+            if not found:
+                raise DataError(f"{item}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+            out.extend(found)
+        elif item.lower().endswith(LIST_FILE_EXTENSIONS) and os.path.isfile(item):
+            out.extend(_read_list_file(item))
+        elif os.path.isfile(item):
+            out.append(item)
+        else:
+            raise DataError(f"{item}: no such image file, folder or list file")
+    if not out:
+        raise DataError("no images given")
+    return out
+
+
+def walk_images(
+    folder: str, exts: Sequence[str] = IMAGE_EXTENSIONS, skip_suffixes: Sequence[str] = ()
+) -> list[str]:
+    """Sorted paths of the image files below ``folder`` (any depth) with extensions ``exts``
+    (case-insensitive), leaving out stems that end in ``skip_suffixes``."""
+    exts = tuple(e.lower() for e in exts)
+    skip = tuple(skip_suffixes)
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(exts) and not (skip and os.path.splitext(name)[0].endswith(skip))
+    )
+
+
+def _read_list_file(path: str) -> list[str]:
+    base = os.path.dirname(os.path.abspath(path))
+    paths = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            full = line if os.path.isabs(line) else os.path.join(base, line)
+            if not os.path.isfile(full):
+                raise DataError(f"{path}:{line_no}: image file {full!r} does not exist")
+            paths.append(full)
+    if not paths:
+        raise DataError(f"{path}: the list file names no images")
+    return paths

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from jaxproto.common.errors import DataError
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 log = logging.getLogger(__name__)
@@ -77,21 +77,21 @@ def read_split(
 ) -> list[Record]:
     tag = SPLIT_DIRS[split]
     image_dir = os.path.join(root, f"ISIC-2017_{tag}_Data")
-    csv_path = R.require_file(os.path.join(root, csv_name), f"ISIC 2017 {split} ground truth")
+    csv_path = loading.require_file(os.path.join(root, csv_name), f"ISIC 2017 {split} ground truth")
     if not os.path.isdir(image_dir):
         raise DataError(f"{image_dir}: ISIC 2017 image folder not found")
-    files = R.list_images(
+    files = loading.list_images(
         image_dir, (".jpg", ".jpeg", ".png"), skip_suffixes=("_superpixels", "_segmentation")
     )
     by_stem = {os.path.splitext(n)[0]: p for n, p in files.items()}
     records, seen = [], set()
-    for line, row in R.read_csv_rows(csv_path, ["image_id", "melanoma", "seborrheic_keratosis"]):
+    for line, row in loading.read_csv_rows(
+        csv_path, ["image_id", "melanoma", "seborrheic_keratosis"]
+    ):
         where = f"{csv_path}:{line}"
         image_id = row["image_id"]
-        if image_id in seen:
-            report.bad(where, f"duplicate image id {image_id!r}", "each image once")
+        if not loading.first_sighting(seen, image_id, where, report):
             continue
-        seen.add(image_id)
         mel = _flag(row["melanoma"], where, "melanoma", report)
         sk = _flag(row["seborrheic_keratosis"], where, "seborrheic_keratosis", report)
         if mel is None or sk is None:
@@ -133,8 +133,7 @@ def read_split(
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads ISIC 2017 from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
     concepts = bool(opt("isic_concepts"))
     splits = {}
     for split, tag in SPLIT_DIRS.items():
@@ -150,4 +149,4 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         multilabel=False,
         concept_names=list(CONCEPT_NAMES) if concepts else [],
     )
-    return R.finish(index, cfg, DEFAULTS)
+    return loading.finish(index, cfg, DEFAULTS)

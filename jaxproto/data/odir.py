@@ -28,7 +28,7 @@ import re
 import ml_collections
 
 from jaxproto.common.errors import DataError
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record, multi_hot
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _read_xlsx(path: str, required: list[str]) -> list[tuple[int, dict[str, str]
     try:
         rows = wb.worksheets[0].iter_rows(values_only=True)
         header = ["" if v is None else str(v).strip() for v in next(rows, ())]
-        cols = R.check_header(path, header, required)
+        cols = loading.check_header(path, header, required)
         out = []
         for line, row in enumerate(rows, start=2):
             values = ["" if v is None else str(v).strip() for v in row]
@@ -176,17 +176,15 @@ def _patient_rows(path, rows, image_dir, ascii_comma, report) -> list[Record]:
 
 def _full_df_rows(path, image_dir, ascii_comma, report) -> list[Record]:
     left, right, seen = [], [], set()
-    for line, row in R.read_csv_rows(path, FULL_DF_COLUMNS):
+    for line, row in loading.read_csv_rows(path, FULL_DF_COLUMNS):
         where = f"{path}:{line}"
         fname = row["filename"]
         m = re.fullmatch(r"(.+)_(left|right)\.\w+", fname)
         if not m:
             report.bad(where, f"filename {fname!r}", "'<ID>_left.jpg' or '<ID>_right.jpg'")
             continue
-        if fname in seen:
-            report.bad(where, f"duplicate image id {fname!r}", "each image once")
+        if not loading.first_sighting(seen, fname, where, report):
             continue
-        seen.add(fname)
         eye = m.group(2)
         r = _eye_record(
             row["ID"],
@@ -204,8 +202,7 @@ def _full_df_rows(path, image_dir, ascii_comma, report) -> list[Record]:
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads ODIR-5K from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
     fmt, ascii_comma = opt("odir_format"), bool(opt("odir_ascii_comma"))
     splits: dict[str, list[Record]] = {}
     if fmt == "oia":
@@ -222,18 +219,20 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
     elif fmt in ("xlsx", "full_df"):
         image_dir = os.path.join(root, opt("odir_image_dir"))
         if fmt == "xlsx":
-            path = R.require_file(os.path.join(root, opt("odir_xlsx")), "ODIR workbook")
+            path = loading.require_file(os.path.join(root, opt("odir_xlsx")), "ODIR workbook")
             records = _patient_rows(
                 path, _read_xlsx(path, XLSX_COLUMNS), image_dir, ascii_comma, report
             )
         else:
-            path = R.require_file(os.path.join(root, opt("odir_csv")), "ODIR full_df.csv")
+            path = loading.require_file(os.path.join(root, opt("odir_csv")), "ODIR full_df.csv")
             records = _full_df_rows(path, image_dir, ascii_comma, report)
         splits["train"] = records
     else:
         raise ValueError(f"data.odir_format must be 'oia', 'xlsx' or 'full_df', got {fmt!r}")
     for split in splits:
-        splits[split] = R.check_files(R.check_duplicates(splits[split], split, report), report)
+        splits[split] = loading.check_files(
+            loading.check_duplicates(splits[split], split, report), report
+        )
     index = DatasetIndex(
         name="odir",
         class_names=list(CLASS_NAMES),
@@ -242,5 +241,5 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         background_class=NORMAL,
     )
     if fmt != "oia":
-        R.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
-    return R.finish(index, cfg, DEFAULTS)
+        loading.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
+    return loading.finish(index, cfg, DEFAULTS)

@@ -1,7 +1,7 @@
 """Procedural images built from known visual primitives, each with a generated report (CFN demo).
 
 Every image carries a class-defining primitive set plus random distractor primitives, drawn with
-``synthetic.pattern_mask`` on ``synthetic``'s skin / fundus / chest-X-ray backgrounds, and a short
+``procedural.pattern_mask`` on ``procedural``'s skin / fundus / chest-X-ray backgrounds, and a short
 "report" naming the primitives it shows, so a concept pipeline (SAE latents -> report-based names)
 can be checked against the truth. Three "likes" mirror CFN's datasets:
 
@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from jaxproto.data import class2images, ham10000
-from jaxproto.data import synthetic as S
+from jaxproto.data import procedural as S
 from jaxproto.data.records import BadSampleReport, DatasetIndex
 
 log = logging.getLogger(__name__)

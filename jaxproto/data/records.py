@@ -88,34 +88,72 @@ class DatasetIndex:
 
 @dataclasses.dataclass
 class BadSampleReport:
-    """Collects bad inputs. ``policy='error'`` raises at the first one; ``'skip'`` records it."""
+    """Collects bad inputs. ``policy='error'`` raises at the first one; ``'skip'`` records it.
+
+    One entry per bad record, keyed by ``where`` (the record's file and line, or for an image
+    that fails to decode in the input pipeline, its path and the line that listed it): a second
+    problem of the same record is added to that entry's ``reasons``, a repeat (the same image
+    failing again in a later epoch) changes nothing. Once ``write`` has named the report file,
+    every new entry rewrites it, so skips found mid-training are on disk at once.
+    """
 
     policy: str = "error"
     entries: list[dict] = dataclasses.field(default_factory=list)
+    path: str | None = None
 
     def __post_init__(self):
         if self.policy not in ("error", "skip"):
             raise DataError(f"data.on_bad_sample must be 'error' or 'skip', got {self.policy!r}")
 
-    def bad(self, where: str, problem: str, expected: str = "") -> None:
-        """Reports a bad sample: ``where`` names the file (and line), ``problem`` what is wrong."""
-        msg = f"{where}: {problem}" + (f" (expected {expected})" if expected else "")
+    def bad(self, where: str, problem: str, expected: str = "", stage: str = "load") -> None:
+        """Reports a bad sample: ``where`` names the file (and line), ``problem`` what is wrong;
+        ``stage`` is ``"load"`` (reading the dataset files) or ``"decode"`` (input pipeline)."""
+        reason = problem + (f" (expected {expected})" if expected else "")
         if self.policy == "error":
-            raise DataError(msg + "  [set data.on_bad_sample=skip to skip and list such samples]")
-        self.entries.append({"where": where, "problem": problem, "expected": expected})
-        log.warning("skipping bad sample: %s", msg)
+            raise DataError(
+                f"{where}: {reason}  [set data.on_bad_sample=skip to skip and list such samples]"
+            )
+        entry = next((x for x in self.entries if x["where"] == where), None)
+        if entry is None:
+            entry = {"where": where, "problem": problem, "expected": expected, "stage": stage}
+            entry["reasons"] = []
+            self.entries.append(entry)
+        if reason in entry["reasons"]:
+            return
+        entry["reasons"].append(reason)
+        log.warning("skipping bad sample: %s: %s", where, reason)
+        if self.path is not None:
+            self._dump()
 
     def write(self, workdir: str) -> str:
+        """Writes ``<workdir>/data_report.json`` and keeps it up to date from now on. Entries of
+        an earlier run in the same workdir found while decoding (a resumed run) are kept."""
         path = os.path.join(workdir, "data_report.json")
-        with open(path, "w") as f:
-            json.dump(
-                {"policy": self.policy, "num_skipped": len(self.entries), "skipped": self.entries},
-                f,
-                indent=1,
-            )
+        if os.path.isfile(path) and self.path != path:
+            self._merge_decode_entries(path)
+        self.path = path
+        self._dump()
         if self.entries:
             log.warning("%d bad samples skipped; listed in %s", len(self.entries), path)
         return path
+
+    def _merge_decode_entries(self, path: str) -> None:
+        try:
+            with open(path) as f:
+                old = json.load(f).get("skipped", [])
+        except (OSError, ValueError, AttributeError) as e:
+            raise DataError(f"{path}: unreadable bad-sample report ({e}); move it away") from e
+        known = {x["where"] for x in self.entries}
+        self.entries.extend(
+            x for x in old if x.get("stage") == "decode" and x.get("where") not in known
+        )
+
+    def _dump(self) -> None:
+        body = {"policy": self.policy, "num_skipped": len(self.entries), "skipped": self.entries}
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=1)
+        os.replace(tmp, self.path)
 
 
 def multi_hot(indices: Sequence[int], num: int) -> np.ndarray:

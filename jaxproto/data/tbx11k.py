@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from jaxproto.common.errors import DataError
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, Box, DatasetIndex, Record, multi_hot
 
 CLASS_NAMES = ["healthy", "sick_non_tb", "tb"]
@@ -55,10 +55,8 @@ def read_list(path: str, root: str, report: BadSampleReport) -> list[Record]:
                 report.bad(where, f"path {entry!r}", f"'<{'|'.join(FOLDER_CLASS)}>/<file>.png'")
                 continue
             rel = "/".join(parts[-2:])
-            if rel in seen:
-                report.bad(where, f"duplicate image id {rel!r}", "each image once")
+            if not loading.first_sighting(seen, rel, where, report):
                 continue
-            seen.add(rel)
             records.append(
                 Record(
                     image_id=rel,
@@ -128,16 +126,19 @@ def _attach(
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads TBX11K from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
     splits = {}
     for split in ("train", "val"):
-        path = R.require_file(os.path.join(root, opt(f"tbx11k_{split}_list")), f"{split} list")
+        path = loading.require_file(
+            os.path.join(root, opt(f"tbx11k_{split}_list")), f"{split} list"
+        )
         records = read_list(path, root, report)
         if opt(f"tbx11k_{split}_json"):
-            jpath = R.require_file(os.path.join(root, opt(f"tbx11k_{split}_json")), "COCO json")
+            jpath = loading.require_file(
+                os.path.join(root, opt(f"tbx11k_{split}_json")), "COCO json"
+            )
             _attach(records, read_coco_boxes(jpath, report), jpath, report)
-        splits[split] = R.check_files(records, report)
+        splits[split] = loading.check_files(records, report)
     test_from = opt("tbx11k_test_from")
     index = DatasetIndex(
         name="tbx11k",
@@ -150,7 +151,7 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
     if test_from == "val":
         index.splits["test"] = index.splits.pop("val")
     elif test_from == "train":
-        R.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
+        loading.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
     else:
         raise ValueError(f"data.tbx11k_test_from must be 'val' or 'train', got {test_from!r}")
-    return R.finish(index, cfg, DEFAULTS)
+    return loading.finish(index, cfg, DEFAULTS)

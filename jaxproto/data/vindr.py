@@ -19,13 +19,14 @@ kept for the positive labels.
 
 from __future__ import annotations
 
+import csv
 import os
 
 import ml_collections
 import numpy as np
 
 from jaxproto.common.errors import DataError
-from jaxproto.data import registry as R
+from jaxproto.data import loading
 from jaxproto.data.records import BadSampleReport, Box, DatasetIndex, Record
 
 KAGGLE_CLASSES = [
@@ -100,7 +101,7 @@ def read_kaggle(path: str, image_dir: str, agg: str, report: BadSampleReport) ->
     boxes: dict[str, list[Box]] = {}
     wheres: dict[str, str] = {}
     seen_rows: set[tuple] = set()
-    for line, row in R.read_csv_rows(path, KAGGLE_COLUMNS):
+    for line, row in loading.read_csv_rows(path, KAGGLE_COLUMNS):
         where = f"{path}:{line}"
         name = row["class_name"]
         if name not in KAGGLE_CLASSES:
@@ -135,16 +136,14 @@ def read_kaggle(path: str, image_dir: str, agg: str, report: BadSampleReport) ->
 
 
 def _label_table(path: str, report: BadSampleReport):
-    import csv
-
-    with R.open_text(path) as f:
+    with loading.open_text(path) as f:
         header = [COLUMN_RENAMES.get(h.strip(), h.strip()) for h in next(csv.reader(f), [])]
-    R.check_header(path, header, ["image_id", "rad_id", NO_FINDING])
+    loading.check_header(path, header, ["image_id", "rad_id", NO_FINDING])
     classes = [h for h in header if h not in ("image_id", "rad_id")]
     votes: dict[str, dict[int, set[str]]] = {}
     readers: dict[str, set[str]] = {}
     wheres: dict[str, str] = {}
-    rows = R.read_csv_rows(
+    rows = loading.read_csv_rows(
         path,
         ["image_id"],
         aliases={
@@ -177,7 +176,7 @@ def _label_table(path: str, report: BadSampleReport):
 
 def _physionet_boxes(path: str, classes: list[str], report: BadSampleReport):
     boxes: dict[str, list[Box]] = {}
-    for line, row in R.read_csv_rows(path, BOX_COLUMNS, aliases={"rad_id": ["rad_ID"]}):
+    for line, row in loading.read_csv_rows(path, BOX_COLUMNS, aliases={"rad_id": ["rad_ID"]}):
         where = f"{path}:{line}"
         if row["class_name"] not in classes:
             report.bad(where, f"unknown class_name {row['class_name']!r}", f"one of {classes}")
@@ -190,14 +189,15 @@ def _physionet_boxes(path: str, classes: list[str], report: BadSampleReport):
 
 def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetIndex:
     """Reads VinDr-CXR from ``cfg.root``; see the module docstring for the fields."""
-    root = R.require_root(cfg)
-    opt = lambda k: R.option(cfg, k, DEFAULTS)  # noqa: E731
+    root, opt = loading.root_and_options(cfg, DEFAULTS)
     fmt, agg = opt("vindr_format"), opt("vindr_label_agg")
     if agg not in ("any", "majority"):
         raise ValueError(f"data.vindr_label_agg must be 'any' or 'majority', got {agg!r}")
     if fmt == "kaggle":
-        path = R.require_file(os.path.join(root, "train.csv"), "VinBigData train.csv")
-        records = R.check_files(read_kaggle(path, os.path.join(root, "train"), agg, report), report)
+        path = loading.require_file(os.path.join(root, "train.csv"), "VinBigData train.csv")
+        records = loading.check_files(
+            read_kaggle(path, os.path.join(root, "train"), agg, report), report
+        )
         for r in records:
             r.concepts = r.labels[: len(KAGGLE_CLASSES) - 1].copy()
         index = DatasetIndex(
@@ -208,24 +208,26 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
             background_class=KAGGLE_CLASSES.index(NO_FINDING),
             concept_names=KAGGLE_CLASSES[:-1],
         )
-        R.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
+        loading.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")
     elif fmt == "physionet":
         splits, classes = {}, None
         for split in ("train", "test"):
             ann = os.path.join(root, "annotations")
-            lpath = R.require_file(os.path.join(ann, f"image_labels_{split}.csv"), "label table")
+            lpath = loading.require_file(
+                os.path.join(ann, f"image_labels_{split}.csv"), "label table"
+            )
             cls, votes, readers, wheres = _label_table(lpath, report)
             if classes is not None and cls != classes:
                 raise DataError(
                     f"{lpath}: label columns {cls} differ from the train file's {classes}"
                 )
             classes = cls
-            bpath = R.require_file(os.path.join(ann, f"annotations_{split}.csv"), "box table")
+            bpath = loading.require_file(os.path.join(ann, f"annotations_{split}.csv"), "box table")
             boxes = _physionet_boxes(bpath, classes, report)
             records = _records(
                 list(votes), votes, readers, boxes, wheres, os.path.join(root, split), classes, agg
             )
-            splits[split] = R.check_files(records, report)
+            splits[split] = loading.check_files(records, report)
         index = DatasetIndex(
             name="vindr",
             class_names=classes,
@@ -235,4 +237,4 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
         )
     else:
         raise ValueError(f"data.vindr_format must be 'kaggle' or 'physionet', got {fmt!r}")
-    return R.finish(index, cfg, DEFAULTS)
+    return loading.finish(index, cfg, DEFAULTS)

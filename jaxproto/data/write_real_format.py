@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
+from jaxproto.data import chestxray14, covidx, ddi, ham10000, isic, odir, tbx11k, vindr
 from jaxproto.data.records import DatasetIndex, Record
 
 ImageFn = Callable[[Record], np.ndarray]
@@ -108,18 +109,30 @@ def _csv(path: str, header: list[str], rows: list[list], line_end: str = "\n") -
 
 
 def _chestxray14(index, images, out):
-    from jaxproto.data.chestxray14 import DISEASES, NO_FINDING
-
     entries, boxes, lists = [], [], {"train_val_list.txt": [], "test_list.txt": []}
     for k, (split, r) in enumerate(_all(index, "train", "val", "test")):
         pid = int(r.patient_id) if r.patient_id.isdigit() else k + 1
         name = r.image_id if r.image_id.endswith(".png") else f"{pid:08d}_{k:03d}.png"
         img = images(r)
         _save(img, os.path.join(out, f"images_{k // 4 + 1:03d}", "images", name))
-        findings = [n for n in _names(index, r, DISEASES + [NO_FINDING]) if n != NO_FINDING]
+        findings = [
+            n for n in _names(index, r, chestxray14.class_names()) if n != chestxray14.NO_FINDING
+        ]
         h, w = img.shape[:2]
         entries.append(
-            [name, "|".join(findings) or NO_FINDING, 0, pid, 50, "M", "PA", w, h, 0.143, 0.143]
+            [
+                name,
+                "|".join(findings) or chestxray14.NO_FINDING,
+                0,
+                pid,
+                50,
+                "M",
+                "PA",
+                w,
+                h,
+                0.143,
+                0.143,
+            ]
         )
         for b in r.boxes:
             label = index.class_names[b.label]
@@ -157,9 +170,7 @@ def _chestxray14(index, images, out):
 def _odir(index, images, out):
     import openpyxl
 
-    from jaxproto.data.odir import CLASS_NAMES, FULL_WIDTH_COMMA, SETS
-
-    for split, (folder, xlsx) in SETS.items():
+    for split, (folder, xlsx) in odir.SETS.items():
         if split not in index.splits:
             continue
         patients: dict[str, dict[str, Record]] = {}
@@ -197,11 +208,13 @@ def _odir(index, images, out):
                 if eye not in eyes:
                     cells[eye] = (fname, "no fundus image")
                     continue
-                names = _names(index, eyes[eye], CLASS_NAMES)
+                names = _names(index, eyes[eye], odir.CLASS_NAMES)
                 union.update(names)
                 cells[eye] = (
                     fname,
-                    FULL_WIDTH_COMMA.join(ODIR_KEYWORDS[CLASS_NAMES.index(n)] for n in names),
+                    odir.FULL_WIDTH_COMMA.join(
+                        ODIR_KEYWORDS[odir.CLASS_NAMES.index(n)] for n in names
+                    ),
                 )
                 _save(
                     images(eyes[eye]), os.path.join(out, folder, "Images_crop", fname), quality=95
@@ -236,11 +249,9 @@ def _odir(index, images, out):
 
 
 def _covidx(index, images, out):
-    from jaxproto.data.covidx import DEFAULTS
-
     files = {
-        "train": DEFAULTS["covidx_train"],
-        "test": DEFAULTS["covidx_test"],
+        "train": covidx.DEFAULTS["covidx_train"],
+        "test": covidx.DEFAULTS["covidx_test"],
         "val": "val_split.txt",
     }
     for split, fname in files.items():
@@ -257,9 +268,7 @@ def _covidx(index, images, out):
 
 
 def _isic(index, images, out):
-    from jaxproto.data.isic import CONCEPT_NAMES, SPLIT_DIRS
-
-    for split, tag in SPLIT_DIRS.items():
+    for split, tag in isic.SPLIT_DIRS.items():
         rows, meta = [], []
         for r in index.splits.get(split, []):
             name = _one(index, r)
@@ -275,7 +284,7 @@ def _isic(index, images, out):
             )
             meta.append([r.image_id, "unknown", "unknown"])
             if r.concepts is not None:
-                feats = {c: [0, int(r.concepts[i])] for i, c in enumerate(CONCEPT_NAMES)}
+                feats = {c: [0, int(r.concepts[i])] for i, c in enumerate(isic.CONCEPT_NAMES)}
                 path = os.path.join(
                     out, f"ISIC-2017_{tag}_Part2_GroundTruth", f"{r.image_id}_features.json"
                 )
@@ -297,8 +306,6 @@ def _isic(index, images, out):
 
 
 def _tbx11k(index, images, out):
-    from jaxproto.data.tbx11k import CONCEPT_NAMES
-
     folders = {"healthy": ("health", "h"), "sick_non_tb": ("sick", "s"), "tb": ("tb", "tb")}
     os.makedirs(os.path.join(out, "lists"), exist_ok=True)
     os.makedirs(os.path.join(out, "annotations", "json"), exist_ok=True)
@@ -329,7 +336,7 @@ def _tbx11k(index, images, out):
         coco = {
             "images": coco_images,
             "annotations": anns,
-            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CONCEPT_NAMES)],
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(tbx11k.CONCEPT_NAMES)],
         }
         with open(
             os.path.join(out, "annotations", "json", f"TBX11K_{split}_only_tb.json"), "w"
@@ -338,22 +345,31 @@ def _tbx11k(index, images, out):
 
 
 def _vindr(index, images, out):
-    from jaxproto.data.vindr import KAGGLE_CLASSES, NO_FINDING
-
     rows = []
     for _, r in _all(index, "train", "val", "test"):
         img = np.asarray(images(r), np.uint8)
         write_dicom(os.path.join(out, "train", f"{r.image_id}.dicom"), img)
-        names = _names(index, r, KAGGLE_CLASSES)
+        names = _names(index, r, vindr.KAGGLE_CLASSES)
         for b in r.boxes:
             name = index.class_names[b.label]
             rows.append(
-                [r.image_id, name, KAGGLE_CLASSES.index(name), "R1", b.x, b.y, b.x + b.w, b.y + b.h]
+                [
+                    r.image_id,
+                    name,
+                    vindr.KAGGLE_CLASSES.index(name),
+                    "R1",
+                    b.x,
+                    b.y,
+                    b.x + b.w,
+                    b.y + b.h,
+                ]
             )
         boxed = {index.class_names[b.label] for b in r.boxes}
         for name in names:
-            if name == NO_FINDING:
-                rows.append([r.image_id, name, KAGGLE_CLASSES.index(name), "R1", "", "", "", ""])
+            if name == vindr.NO_FINDING:
+                rows.append(
+                    [r.image_id, name, vindr.KAGGLE_CLASSES.index(name), "R1", "", "", "", ""]
+                )
             elif name not in boxed:
                 raise ValueError(
                     f"write: VinDr record {r.image_id!r} has label {name!r} "
@@ -367,8 +383,6 @@ def _vindr(index, images, out):
 
 
 def _ddi(index, images, out):
-    from jaxproto.data.ddi import CONCEPT_NAMES
-
     rows, concept_rows = [], []
     for k, (_, r) in enumerate(_all(index, "train", "val", "test")):
         _save(images(r), os.path.join(out, "images", r.image_id))
@@ -387,12 +401,12 @@ def _ddi(index, images, out):
     header = ["DDI_ID", "DDI_file", "skin_tone", "malignant", "disease"]
     _csv(os.path.join(out, "ddi_metadata.csv"), [""] + header, rows)
     if concept_rows:
-        _csv(os.path.join(out, "ddi_metadata_concept.csv"), header + CONCEPT_NAMES, concept_rows)
+        _csv(
+            os.path.join(out, "ddi_metadata_concept.csv"), header + ddi.CONCEPT_NAMES, concept_rows
+        )
 
 
 def _ham10000(index, images, out):
-    from jaxproto.data.ham10000 import CLASS_NAMES, DX_CODES
-
     rows = []
     for k, (_, r) in enumerate(_all(index, "train", "val", "test")):
         part = 1 + k % 2
@@ -401,7 +415,7 @@ def _ham10000(index, images, out):
             os.path.join(out, f"HAM10000_images_part_{part}", f"{r.image_id}.jpg"),
             quality=95,
         )
-        dx = DX_CODES[CLASS_NAMES.index(_one(index, r))]
+        dx = ham10000.DX_CODES[ham10000.CLASS_NAMES.index(_one(index, r))]
         rows.append([r.patient_id or f"HAM_{k:07d}", r.image_id, dx, "histo", 50.0, "male", "back"])
     _csv(
         os.path.join(out, "HAM10000_metadata.csv"),

@@ -46,24 +46,15 @@ def min_pool(maps: jax.Array) -> jax.Array:
     return jnp.min(maps, axis=(1, 2))
 
 
-def max_pool(maps: jax.Array) -> jax.Array:
-    """Global maximum over the spatial axes: (N, H, W, P) -> (N, P)."""
-    return jnp.max(maps, axis=(1, 2))
-
-
 def argmin_location(maps: jax.Array) -> jax.Array:
     """Row-major flat index h*W + w of the first spatial minimum: (N, H, W, P) -> (N, P) int32."""
     n, h, w, p = maps.shape
     return jnp.argmin(maps.reshape(n, h * w, p), axis=1).astype(jnp.int32)
 
 
-def cosine_similarity_maps(
-    features: jax.Array, prototypes: jax.Array, epsilon: float = 1e-12
-) -> jax.Array:
-    """Cosine similarity between every patch and every prototype: (N, H, W, P).
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """x / max(||x||, eps), as ``torch.nn.functional.normalize``, with a NaN-free gradient at 0.
 
-    Each vector is divided by max(||v||, eps) (torch ``F.normalize`` semantics).
-    """
-    fn = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), epsilon)
-    pn = prototypes / jnp.maximum(jnp.linalg.norm(prototypes, axis=-1, keepdims=True), epsilon)
-    return jnp.einsum("nhwd,pd->nhwp", fn, pn, precision=HIGHEST)
+    The one L2 normalisation of the project (X-MIR embeddings, CSR concept vectors)."""
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))

@@ -3,48 +3,43 @@
 Each entry describes one prototype: ``prototype_id`` (int), ``class_name`` (str),
 ``source_image_id`` (str), ``image`` (a path relative to the atlas folder; the file must exist),
 and optionally ``location`` (e.g. ``[row, col]`` on the feature grid or an ``[x, y, w, h]`` box),
-``distance`` and/or ``similarity``. Any further keys (hit counts, a pruned flag, ...) are kept in
-the JSON and shown on the card. The page groups prototypes by class (in order of first
-appearance, each with an anchor) and sorts them by id.
+``distance`` and/or ``similarity``. Further images (keys ending in ``_image``, e.g. a contour
+or the source image with the patch's box; paths inside the atlas folder) are shown inline on the
+card, and ``colorbar`` (``{"label", "min", "max"}``) draws the colour map's bar under them. Any
+further keys (hit counts, a pruned flag, ...) are kept in the JSON and shown on the card. The
+page (the shared template of `jaxproto.viz.report`) groups prototypes by class (in order of
+first appearance, each with an anchor) and sorts them by id; ``atlas.json`` is its JSON twin.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
-from jaxproto.viz.report import DEFAULT_FOOTER, html_page
+from jaxproto.viz.report import DEFAULT_FOOTER, Header, colorbar_html, jsonable, write_page
 
 _REQUIRED = ("prototype_id", "class_name", "source_image_id", "image")
 _SHOWN = ("source_image_id", "location", "distance", "similarity")
+_NOT_LISTED = (*_REQUIRED, "colorbar")
 
 _ATLAS_CSS = """
 nav{display:flex;flex-wrap:wrap;gap:8px;margin:.4em 0 1em}
 nav a{padding:3px 10px;border:1px solid #c8d3e3;border-radius:12px;text-decoration:none;
 color:#1f5fa8;font-size:.9em}
-.grid{grid-template-columns:repeat(auto-fill,minmax(210px,1fr))}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:18px}
+.cards .imgs{display:grid;grid-template-columns:1fr 1fr;gap:4px}
+.cards figure img{min-width:0}
+.cards figure .imgs div{font-size:.75em;color:#5f6368;text-align:center}
 dl{display:grid;grid-template-columns:auto 1fr;gap:1px 8px;margin:6px 0 0;font-size:.82em}
 dt{color:#5f6368}dd{margin:0;word-break:break-all}
 """
 
 
-def _jsonable(value: object) -> object:
-    """Python builtins for numpy scalars/arrays and nested containers."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
+def _image_keys(entry: Mapping[str, object]) -> list[str]:
+    return ["image"] + [k for k in entry if k.endswith("_image") and entry[k]]
 
 
 def _validate(entry: Mapping[str, object], index: int, out_dir: str) -> dict[str, object]:
@@ -54,14 +49,17 @@ def _validate(entry: Mapping[str, object], index: int, out_dir: str) -> dict[str
     missing = [k for k in _REQUIRED if k not in entry]
     if missing:
         raise ValueError(f"{where}: missing keys {missing}; required {list(_REQUIRED)}")
-    e = _jsonable(dict(entry))
+    e = jsonable(dict(entry))
     if not isinstance(e["prototype_id"], int) or isinstance(e["prototype_id"], bool):
         raise ValueError(f"{where}: prototype_id must be an int, got {e['prototype_id']!r}")
-    image = str(e["image"])
-    if os.path.isabs(image) or os.path.normpath(image).startswith(".."):
-        raise ValueError(f"{where}: image must be a path inside the atlas folder, got {image!r}")
-    if not os.path.isfile(os.path.join(out_dir, image)):
-        raise ValueError(f"{where}: image file {os.path.join(out_dir, image)!r} does not exist")
+    for key in _image_keys(e):
+        image = str(e[key])
+        if os.path.isabs(image) or os.path.normpath(image).startswith(".."):
+            raise ValueError(
+                f"{where}: {key} must be a path inside the atlas folder, got {image!r}"
+            )
+        if not os.path.isfile(os.path.join(out_dir, image)):
+            raise ValueError(f"{where}: {key} file {os.path.join(out_dir, image)!r} does not exist")
     for key in ("distance", "similarity"):
         if key in e and not (isinstance(e[key], int | float) and math.isfinite(e[key])):
             raise ValueError(f"{where}: {key} must be a finite number, got {e[key]!r}")
@@ -77,18 +75,34 @@ def _value(v: object) -> str:
 
 
 def _card(e: Mapping[str, object]) -> str:
-    extras = [k for k in e if k not in _REQUIRED and k not in _SHOWN]
+    images = _image_keys(e)
+    extras = [k for k in e if k not in _NOT_LISTED and k not in _SHOWN and k not in images]
     rows = "".join(
         f"<dt>{html.escape(k.replace('_', ' '))}</dt><dd>{html.escape(_value(e[k]))}</dd>"
         for k in (*_SHOWN, *extras)
         if k in e and e[k] is not None
     )
     pid = html.escape(str(e["prototype_id"]))
-    return (
-        f'<figure id="prototype-{pid}"><img src="{html.escape(str(e["image"]))}" '
-        f'alt="prototype {pid}" loading="lazy"><figcaption><b>Prototype {pid}</b>'
-        f"<dl>{rows}</dl></figcaption></figure>"
+    cls = html.escape(str(e["class_name"]))
+    src = html.escape(str(e["source_image_id"]))
+    imgs = "".join(
+        f'<div><img src="{html.escape(str(e[k]))}" alt="prototype {pid} of {cls}: '
+        f'{html.escape(_what(k))}, training image {src}">{html.escape(_what(k))}</div>'
+        for k in images
     )
+    bar = ""
+    if e.get("colorbar"):
+        cb = e["colorbar"]
+        bar = colorbar_html(str(cb["label"]), float(cb["min"]), float(cb["max"]))
+    return (
+        f'<figure id="prototype-{pid}"><div class="imgs">{imgs}</div>{bar}<figcaption>'
+        f"<b>Prototype p{pid} of {cls}</b>, from training image {src}<dl>{rows}</dl>"
+        "</figcaption></figure>"
+    )
+
+
+def _what(key: str) -> str:
+    return "overlay" if key == "image" else key[: -len("_image")].replace("_", " ")
 
 
 def _anchor(name: str, k: int) -> str:
@@ -98,7 +112,9 @@ def _anchor(name: str, k: int) -> str:
 def write_atlas(
     out_dir: str,
     entries: Sequence[Mapping[str, object]],
+    header: Header,
     title: str = "Prototype atlas",
+    warnings: Sequence[str] = (),
     footer: str = DEFAULT_FOOTER,
 ) -> tuple[str, str]:
     """Writes ``atlas.json`` and ``atlas.html`` into ``out_dir``; returns their paths."""
@@ -121,24 +137,23 @@ def write_atlas(
     )
     sections = "".join(
         f'<section id="{_anchor(name, k)}"><h2>{html.escape(name)}</h2>'
-        f'<div class="grid">{"".join(_card(e) for e in members)}</div></section>'
+        f'<div class="cards">{"".join(_card(e) for e in members)}</div></section>'
         for k, (name, members) in enumerate(groups.items())
     )
     summary = f"<p>{len(valid)} prototypes in {len(groups)} classes.</p>"
     os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, "atlas.json")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "title": title,
-                "num_prototypes": len(valid),
-                "classes": list(groups),
-                "entries": [e for members in groups.values() for e in members],
-            },
-            f,
-            indent=1,
-        )
-    html_path = os.path.join(out_dir, "atlas.html")
-    with open(html_path, "w", encoding="utf-8") as f:
-        f.write(html_page(title, f"{summary}<nav>{nav}</nav>{sections}", footer, _ATLAS_CSS))
+    html_path, json_path = write_page(
+        os.path.join(out_dir, "atlas.html"),
+        title,
+        header,
+        f"{summary}<nav>{nav}</nav>{sections}",
+        {
+            "num_prototypes": len(valid),
+            "classes": list(groups),
+            "entries": [e for members in groups.values() for e in members],
+        },
+        warnings,
+        footer,
+        _ATLAS_CSS,
+    )
     return json_path, html_path

@@ -122,10 +122,68 @@ def resize_map(
     raise ValueError(f"normalize must be 'minmax' or 'none', got {normalize!r}")
 
 
+COLORMAP_NAME = "JET"  # the one colour map of every overlay, colour bar and page
+DISPLAY_MIN = 320  # smallest side (px) a figure is shown at
+
+
 def jet(values01: np.ndarray) -> np.ndarray:
     """OpenCV's JET colour map of values in [0, 1], as RGB uint8 (0 = dark blue, 1 = dark red)."""
     v = np.round(np.clip(values01, 0.0, 1.0) * 255).astype(np.uint8)
     return cv2.applyColorMap(v, cv2.COLORMAP_JET)[..., ::-1]
+
+
+colormap = jet
+
+
+def for_display(image: np.ndarray, min_side: int = DISPLAY_MIN) -> np.ndarray:
+    """The image enlarged (bilinear, aspect kept) so its smaller side is at least ``min_side``
+    pixels; images already that large are returned unchanged (as RGB)."""
+    img = as_rgb(image)
+    h, w = img.shape[:2]
+    if min(h, w) >= min_side:
+        return img
+    zoom = min_side / min(h, w)
+    size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+
+
+def relative_spread(heat: np.ndarray) -> float:
+    """(max - min) / max(|max|, |min|) of a map: near 0 for a nearly uniform map, which min-max
+    normalisation would otherwise stretch into a full rainbow (0 for an all-zero map)."""
+    m = np.asarray(heat, np.float64)
+    scale = max(abs(float(m.max())), abs(float(m.min())))
+    return float(m.max() - m.min()) / scale if scale > 0 else 0.0
+
+
+def with_colorbar(panel: np.ndarray, label: str, lo: float, hi: float, pad: int = 12) -> np.ndarray:
+    """``panel`` with the colour map's bar under it: the ramp, ``lo``/middle/``hi`` tick labels
+    and ``label`` (what the colour means), sized to stay readable at the panel's width."""
+    img = as_rgb(panel)
+    width = img.shape[1]
+    size = max(13, round(min(width, 900) / 40))
+    ramp_h = max(10, size)
+    ramp_w = width - 2 * pad
+    ramp = np.repeat(jet(np.linspace(0.0, 1.0, ramp_w)[None]), ramp_h, axis=0)
+    text_h = text_size("Hg", size)[1]
+    lines = textwrap.wrap(
+        f"{label} ({COLORMAP_NAME}: blue = low, red = high)", max(8, int(ramp_w / (0.55 * size)))
+    )
+    height = pad + ramp_h + 4 + text_h + 6 + len(lines) * (text_h + 4) + pad
+    canvas = np.full((img.shape[0] + height, width, 3), 255, np.uint8)
+    canvas[: img.shape[0]] = img
+    top = img.shape[0] + pad
+    canvas[top : top + ramp_h, pad : pad + ramp_w] = ramp
+    pil = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(pil)
+    y = top + ramp_h + 4
+    mid = (lo + hi) / 2
+    for value, x, anchor in ((lo, pad, "lt"), (mid, width / 2, "mt"), (hi, width - pad, "rt")):
+        draw.text((x, y), f"{value:.3g}", font=font(size), fill=_TEXT, anchor=anchor)
+    y += text_h + 6
+    for line in lines:
+        draw.text((width / 2, y), line, font=font(size), fill=_TEXT, anchor="mt")
+        y += text_h + 4
+    return np.asarray(pil)
 
 
 def heatmap_overlay(
@@ -144,6 +202,21 @@ def heatmap_overlay(
     heat = jet(resize_map(map_float, img.shape[:2], interpolation, normalize, grid))
     out = (1.0 - alpha) * img.astype(np.float32) + alpha * heat.astype(np.float32)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def high_activation_box(
+    heat: np.ndarray,
+    size: tuple[int, int],
+    percentile: float = 95.0,
+    grid: Grid | None = None,
+) -> tuple[float, float, float, float]:
+    """(x, y, w, h) in pixels of an image of ``size`` = (height, width): the bounding box of
+    where the upsampled map is at or above its ``percentile`` (the ProtoPNet/CIPL 95th-percentile
+    patch box, cipl.md §7); ``grid`` as in `upsample_map`."""
+    up = upsample_map(heat, size, "bilinear", grid)
+    rows, cols = np.nonzero(up >= np.percentile(up, percentile))
+    x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
+    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
 
 
 def draw_contour(

@@ -3,20 +3,19 @@ linear head, multi-label BCE (or multi-class cross-entropy), Adam with cosine de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxproto.backbones import build_backbone
+from jaxproto.backbones import build_backbone, init_with_pretrained
 from jaxproto.core import metrics as metrics_lib
+from jaxproto.core import outputs
 from jaxproto.core.method import Method, Phase
 from jaxproto.data import samplers, transforms
 from jaxproto.data.images import load_image
-from jaxproto.data.records import Record
+from jaxproto.methods.baseline.data import TrainExample
 
 
 class BaselineNet(nn.Module):
@@ -33,21 +32,6 @@ class BaselineNet(nn.Module):
         feats = taps[self.tap]
         pooled = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
         return nn.Dense(self.num_classes, name="head")(pooled)
-
-
-class TrainExample:
-    """Decode -> resize/normalise -> random horizontal flip (picklable for grain workers)."""
-
-    def __init__(self, records: Sequence[Record], image_size: int):
-        self.records = list(records)
-        self.image_size = image_size
-
-    def __call__(self, index, rng: np.random.Generator) -> dict:
-        record = self.records[int(index)]
-        image = transforms.eval_transform(load_image(record.path), self.image_size)
-        if rng.random() < 0.5:
-            image = image[:, ::-1]
-        return {"image": np.ascontiguousarray(image), "labels": record.labels}
 
 
 class BaselineMethod(Method):
@@ -67,13 +51,9 @@ class BaselineMethod(Method):
             "batch_stats": variables.get("batch_stats", {}),
             "extra": {},
         }
-        init_from = self.config.model.get("init_from", "")
-        if init_from:
-            from jaxproto.backbones import load_pretrained, merge_pretrained
-
-            pretrained = load_pretrained(init_from, self.config.model.backbone, drop_head=True)
-            out = {**out, **merge_pretrained(out, pretrained, prefix="backbone")}
-        return out
+        return init_with_pretrained(
+            out, self.config.model.get("init_from", ""), self.config.model.backbone
+        )
 
     def optimizers(self, steps_per_epoch):
         o = self.config.optim
@@ -117,12 +97,12 @@ class BaselineMethod(Method):
     def predict(self, state, batch):
         logits, _ = self._logits(state["params"], state["batch_stats"], batch["image"], False)
         probs = jax.nn.sigmoid(logits) if self.index.multilabel else jax.nn.softmax(logits)
-        return {"logits": logits, "probs": probs}
+        return {outputs.LOGITS: logits, outputs.PROBS: probs}
 
     def evaluate(self, predictions, records):
         labels = np.stack([r.labels for r in records])
         keep = [i for i in range(self.index.num_classes) if i != self.index.background_class]
         names = [self.index.class_names[i] for i in keep]
         return metrics_lib.classification_report(
-            labels[:, keep], predictions["probs"][:, keep], names
+            labels[:, keep], predictions[outputs.PROBS][:, keep], names
         )

@@ -5,15 +5,14 @@ z_j > 0 (``active``), negatives a seeded random sample of the others (``negative
 times as many, at least ``min_negatives``); a logistic regression or linear SVM on f(x) gives the
 normal w, c_j = w / ||w||. ``logreg`` is scikit-learn's default LogisticRegression (L2, C = 1,
 unpenalised intercept) solved for all latents at once by batched Newton steps in JAX;
-``linear_svm`` is scikit-learn's LinearSVC per latent. ``decoder_column``: c_j = the SAE's unit decoder atom (a deviation,
-no fitting).
+``linear_svm`` is scikit-learn's LinearSVC per latent. ``decoder_column``: c_j = the SAE's unit
+decoder atom (a deviation, no fitting).
 """
 
 from __future__ import annotations
 
-import logging
-
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp

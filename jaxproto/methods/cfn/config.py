@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxproto.common import config as common
+from jaxproto.data import registry
 
 # Paper setups (cfn.md §2, §4, §7): backbone tap and selection size per dataset.
 TAPS = {"densenet": "final_relu", "resnet": "layer4", "convnext": "stage4"}
@@ -56,8 +57,6 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
             }
         )  # fmt: skip
     else:
-        from jaxproto.data import registry
-
         c.data = registry.default_data_config(DATA[dataset]["name"])
         c.data.image_size = c.model.get_ref("image_size")
         if dataset == "fairvlmed":

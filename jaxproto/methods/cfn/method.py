@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxproto.backbones import init_with_pretrained
 from jaxproto.backbones.classifier import Classifier
 from jaxproto.core import metrics as metrics_lib
 from jaxproto.core.method import ExplainRequest, Method, Phase
@@ -33,14 +34,7 @@ class CfnMethod(Method):
         variables = self.net.init(rng, x, train=False)
         out = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
         out["extra"] = {}
-        if self.config.model.init_from:
-            from jaxproto.backbones import load_pretrained, merge_pretrained
-
-            pre = load_pretrained(
-                self.config.model.init_from, self.config.model.backbone, drop_head=True
-            )
-            out = {**out, **merge_pretrained(out, pre, prefix="backbone")}
-        return out
+        return init_with_pretrained(out, self.config.model.init_from, self.config.model.backbone)
 
     def optimizers(self, steps_per_epoch):
         o = self.config.optim

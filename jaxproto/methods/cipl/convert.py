@@ -5,7 +5,7 @@ The official file is ``torch.save(state_dict)`` of the unwrapped model: student 
 ``last_layer.weight``), the constant ``ones`` and the EMA copies (``*_ema``). Student tensors go
 to ``params``/``batch_stats``, EMA tensors to ``extra.ema_params``/``extra.ema_batch_stats``.
 
-CLI (module registered in ``jaxproto.convert.SUBCOMMAND_MODULES`` as ``cipl``)::
+CLI (``CiplMethod.converters()`` contributes it as ``cipl``)::
 
     python -m jaxproto.convert cipl --input 31nopush0.8275.pth \\
         --config configs/cipl_chestxray14.py --out runs/cipl_official
@@ -21,7 +21,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxproto.backbones import convert_state_dict, read_state_dict
+from jaxproto.common.config import load_config_file
+from jaxproto.core import checkpoint, trainer, workdir
+from jaxproto.core.method import Method
+from jaxproto.data.chestxray14 import class_names
+from jaxproto.data.odir import CLASS_NAMES
 from jaxproto.data.records import DatasetIndex
+from jaxproto.data.synthetic import LIKES
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +47,6 @@ def _take(sd: dict, key: str, where: str) -> np.ndarray:
 
 def _branch(sd: dict, suffix: str, arch: str) -> tuple[dict, dict]:
     """(params, batch_stats) of the student (suffix "") or the EMA teacher (suffix "_ema")."""
-    from jaxproto.backbones import convert_state_dict
-
     where = "student" if not suffix else "EMA teacher"
     prefix = f"features{suffix}.features."
     backbone_sd = {
@@ -126,18 +131,12 @@ def index_for_config(config: ml_collections.ConfigDict) -> DatasetIndex:
     """Class names and background class of the config's dataset, without reading any data."""
     name = config.data.name
     if name == "synthetic":
-        from jaxproto.data.synthetic import LIKES
-
         spec = LIKES[config.data.like]
         names, bg = list(spec.class_names), spec.background_class
     elif name == "chestxray14":
-        from jaxproto.data.chestxray14 import class_names
-
         names = class_names()
         bg = names.index("No Finding")
     elif name == "odir":
-        from jaxproto.data.odir import CLASS_NAMES
-
         names, bg = list(CLASS_NAMES), len(CLASS_NAMES) - 1
     else:
         raise ValueError(
@@ -154,15 +153,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output jaxproto workdir")
 
 
-def run(args: argparse.Namespace) -> int:
-    from jaxproto.backbones import read_state_dict
-    from jaxproto.common.config import load_config_file
-    from jaxproto.core import checkpoint, trainer, workdir
-    from jaxproto.methods.cipl.method import CiplMethod
-
+def run(args: argparse.Namespace, method_cls: type[Method]) -> int:
+    """Writes the converted state as step-0 checkpoint of a workdir; ``method_cls`` is
+    ``CiplMethod`` (passed in by ``CiplMethod.converters``)."""
     config = load_config_file(args.config)
     index = index_for_config(config)
-    method = CiplMethod(config, index)
+    method = method_cls(config, index)
     optimizers = method.optimizers(steps_per_epoch=1)
     base = jax.eval_shape(lambda: trainer.init_state(method, optimizers, int(config.train.seed)))
     converted = convert_official(read_state_dict(args.input), config, template=base)

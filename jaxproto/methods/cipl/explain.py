@@ -1,11 +1,15 @@
 """CIPL interpretable reasoning for one image (cipl.md §7, generalised to every predicted class).
 
-For each predicted class (probability sigma(z_k - z_bg) >= ``config.explain.threshold``, or the
-most probable class when none is), the class's prototypes are ranked by similarity
-exp(-min d / scale); the top ``config.explain.top_prototypes`` similarity maps are upsampled
-bicubically, min-max normalised after upsampling and overlaid (0.7 image + 0.3 JET) on the
-image, next to the prototype's source patch from the push atlas when one is given. Writes PNGs,
-``explanation.json`` and ``report.html`` into ``out_dir``.
+Each foreground class gets its probability sigma(z_k - z_bg), the operating threshold saved
+with the model (best F1 on the validation split, else on the evaluated split; ``thresholds.json``)
+and the decision; the background class is positive when no finding is. For each positive class
+(the most probable one when none is; without saved thresholds ``config.explain.threshold``
+decides) the class's prototypes are ranked by similarity exp(-min d / scale) and the top
+``config.explain.top_prototypes`` are shown as "this looks like that": the similarity map
+(upsampled bicubically, min-max normalised after upsampling, 0.7 image + 0.3 JET, with its colour
+bar) over this image with the 95th-percentile box of the best-matching region, next to the
+prototype's source image from the push atlas with its patch's box and labels. Writes the PNGs,
+``explanation.json`` and ``report.html`` (+ its JSON twin ``report.json``) into ``out_dir``.
 """
 
 from __future__ import annotations
@@ -19,17 +23,24 @@ import jax
 import numpy as np
 
 from jaxproto.core.method import State
+from jaxproto.data.images import load_image
+from jaxproto.data.transforms import eval_transform
+from jaxproto.viz import overlays, report
 
-DISPLAY_MIN = 320  # smallest side (px) of the explanation figures
+EXPLANATION_JSON = "explanation.json"
+REPORT_HTML = "report.html"
+ATLAS_EXPORT_DIR = "atlas"  # where an export carries the atlas
 
 
 def find_atlas(path: str | None) -> str | None:
-    """The atlas folder for ``path``: itself if it holds atlas.json, else the latest
-    ``<path>/push/<epoch>/`` with one (a workdir); None when there is none (e.g. no push yet)."""
+    """The atlas folder for ``path``: itself if it holds atlas.json, an export's ``atlas/``,
+    else the latest ``<path>/push/<epoch>/`` with one (a workdir); None when there is none
+    (e.g. no push yet, or an export written without it)."""
     if not path:
         return None
-    if os.path.isfile(os.path.join(path, "atlas.json")):
-        return path
+    for folder in (path, os.path.join(path, ATLAS_EXPORT_DIR)):
+        if os.path.isfile(os.path.join(folder, "atlas.json")):
+            return folder
     push_dir = os.path.join(path, "push")
     epochs = sorted(
         (int(e) for e in os.listdir(push_dir) if e.isdigit()) if os.path.isdir(push_dir) else []
@@ -40,6 +51,19 @@ def find_atlas(path: str | None) -> str | None:
     return None
 
 
+def export_files(workdir: str) -> dict[str, str]:
+    """The latest push atlas of ``workdir`` as export files (``atlas/<name>``), so that
+    ``explain --export`` shows the prototype source panels."""
+    folder = find_atlas(workdir)
+    if folder is None:
+        return {}
+    return {
+        f"{ATLAS_EXPORT_DIR}/{name}": os.path.join(folder, name)
+        for name in sorted(os.listdir(folder))
+        if os.path.isfile(os.path.join(folder, name))
+    }
+
+
 def _load_atlas(atlas_dir: str | None) -> dict[int, dict]:
     if not atlas_dir:
         return {}
@@ -47,6 +71,54 @@ def _load_atlas(atlas_dir: str | None) -> dict[int, dict]:
         data = json.load(f)
     entries = data["entries"] if isinstance(data, dict) else data
     return {int(e["prototype_id"]): e for e in entries}
+
+
+def page_header(method, image_path: str) -> report.Header:
+    """Model, provenance, input and protocol (thresholds and where they come from)."""
+    m = method.config.model
+    prov = method.provenance or {}
+    thr = method.thresholds
+    protocol = (
+        f"decisions at per-class operating thresholds ({thr.get('criterion', 'best F1')}) "
+        f"chosen on the {thr.get('split', '?')} split"
+        if thr
+        else f"no operating thresholds saved with this model: classes at p >= "
+        f"{float(method.config.explain.threshold):.2f} are explained, no decisions are made"
+    )
+    return report.Header(
+        model=f"CIPL, {m.backbone}, {int(m.prototypes_per_class)} prototypes per class",
+        model_id=prov.get("id", "unknown"),
+        source=prov.get("source", "unknown"),
+        input=os.path.abspath(image_path),
+        protocol=f"{protocol}; eval transform at {int(m.image_size)} px; probabilities are "
+        "sigma(z_k - z_background)",
+    )
+
+
+def _decision_rows(method, probs: dict[str, float]) -> list[dict]:
+    rows = method.decisions(probs)
+    bg_name = method.index.class_names[method.background]
+    any_known = any(r["decision"] is not None for r in rows)
+    rows.append(
+        {
+            "class": bg_name,
+            "probability": None,
+            "threshold": None,
+            "decision": (not any(r["decision"] for r in rows)) if any_known else None,
+            "note": "background (reference class): positive when no finding is",
+        }
+    )
+    return rows
+
+
+def _source_panel(atlas_dir: str, entry: dict) -> tuple[np.ndarray, str]:
+    image = load_image(os.path.join(atlas_dir, entry.get("source_image", entry["image"])))
+    labels = ", ".join(entry.get("source_labels", [])) or "no labels recorded"
+    title = (
+        f"prototype p{entry['prototype_id']} of {entry['class_name']}, from training image "
+        f"{entry['source_image_id']} ({labels})"
+    )
+    return image, title
 
 
 def explain(
@@ -59,13 +131,9 @@ def explain(
 ) -> dict:
     """Explains ``image_path``; ``box`` = (x, y, w, h) in original image pixels (drawn green).
 
-    ``atlas_dir`` is a push folder or a workdir (its latest push is used); without an atlas the
-    prototype patches are left out.
+    ``atlas_dir`` is a push folder, a workdir (its latest push is used) or an export (its
+    ``atlas/``); without an atlas the prototype source panels are left out (the page says so).
     """
-    from jaxproto.data.images import load_image
-    from jaxproto.data.transforms import eval_transform
-    from jaxproto.viz import overlays, report
-
     cfg = method.config
     size = int(cfg.model.image_size)
     ppc = int(cfg.model.prototypes_per_class)
@@ -83,13 +151,24 @@ def explain(
     probs = {
         names[k]: float(1.0 / (1.0 + np.exp(-(logits[k] - logits[bg])))) for k in method.fg_eval
     }
-    predicted = [k for k in method.fg_eval if probs[names[k]] >= float(cfg.explain.threshold)]
+    decisions = _decision_rows(method, probs)
+    warnings = []
+    if method.thresholds:
+        positive = {r["class"] for r in decisions if r["decision"] and r["probability"] is not None}
+        predicted = [k for k in method.fg_eval if names[k] in positive]
+    else:
+        warnings.append(
+            "this model was saved without operating thresholds (an export from before "
+            "thresholds.json): probabilities are shown, decisions are not"
+        )
+        predicted = [k for k in method.fg_eval if probs[names[k]] >= float(cfg.explain.threshold)]
+    explained_top = not predicted
     if not predicted:
         predicted = [max(method.fg_eval, key=lambda k: probs[names[k]])]
 
-    # Figures at least DISPLAY_MIN px wide so small demo inputs stay readable; the maps' grid
+    # Figures at least DISPLAY_MIN px wide so small inputs stay readable; the maps' grid
     # (network-input pixels) is scaled with them.
-    shown_size = max(size, DISPLAY_MIN)
+    shown_size = max(size, overlays.DISPLAY_MIN)
     zoom = shown_size / size
     grid = None if method.grid is None else (method.grid[0] * zoom, method.grid[1] * zoom)
     shown = cv2.resize(original, (shown_size, shown_size), interpolation=cv2.INTER_LINEAR)
@@ -101,14 +180,43 @@ def explain(
         boxes = [(x * sx, y * sy, w * sx, h * sy)]
     atlas_dir = find_atlas(atlas_dir)
     atlas = _load_atlas(atlas_dir)
+    if not atlas:
+        warnings.append(
+            "no prototype atlas found with this model (no push yet, or an export written "
+            "without it): the prototypes' source images are left out"
+        )
+    header = page_header(method, image_path)
     result = {
         "image": image_path,
         "probabilities": probs,
+        "decisions": decisions,
+        "thresholds": method.thresholds,
         "predicted": [],
         "box": boxes,
         "atlas": atlas_dir,
     }
-    sections = [{"heading": "Probabilities", "probabilities": probs}]
+    sections = [
+        {
+            "heading": "Decisions",
+            "text": "Each finding is positive when its probability reaches its operating "
+            "threshold."
+            + (
+                " No finding is positive; the most probable one is explained."
+                if explained_top and method.thresholds
+                else ""
+            ),
+            "decisions": decisions,
+        }
+    ]
+    if atlas_dir:
+        sections.append(
+            {
+                "heading": "Prototype atlas",
+                "links": [
+                    {"href": os.path.join(atlas_dir, "atlas.html"), "text": "all prototypes"}
+                ],
+            }
+        )
     for k in predicted:
         protos = np.arange(k * ppc, (k + 1) * ppc)
         sims = np.exp(-min_d[protos] / scale)
@@ -116,35 +224,46 @@ def explain(
         items, figures = [], []
         for rank, r in enumerate(order):
             j = int(protos[r])
+            sim_map = np.exp(-dist[:, :, j] / scale)
             heat = overlays.heatmap_overlay(
-                shown,
-                np.exp(-dist[:, :, j] / scale),
-                alpha=0.3,
-                interpolation="bicubic",
-                grid=grid,
+                shown, sim_map, alpha=0.3, interpolation="bicubic", grid=grid
             )
+            patch = overlays.high_activation_box(sim_map, (shown_size, shown_size), grid=grid)
+            heat = overlays.draw_boxes(heat, [patch], color=(255, 255, 0))
             if boxes:
                 heat = overlays.draw_boxes(heat, boxes, color=(0, 255, 0))
-            panels, titles = [heat], [f"prototype {j}: similarity {sims[r]:.3f}"]
+            panels = [heat]
+            titles = [f"this image: the region most like prototype p{j} (similarity {sims[r]:.3f})"]
             if j in atlas:
-                patch = load_image(os.path.join(atlas_dir, atlas[j]["image"]))
-                panels.append(patch)
-                titles.append(f"source {atlas[j]['source_image_id']}")
+                source, title = _source_panel(atlas_dir, atlas[j])
+                panels.append(source)
+                titles.append(title)
+            label = f"similarity exp(-d / {scale:g}) to p{j}"
+            lo, hi = float(sim_map.min()), float(sim_map.max())
+            figure = overlays.with_colorbar(
+                overlays.side_by_side(panels, titles, height=shown_size), label, lo, hi
+            )
             fname = f"{names[k]}_{rank:02d}_proto{j}.png".replace("/", "_").replace(" ", "_")
-            overlays.save_png(os.path.join(out_dir, fname), overlays.side_by_side(panels, titles))
+            overlays.save_png(os.path.join(out_dir, fname), figure)
             item = {
                 "prototype": j,
                 "similarity": float(sims[r]),
                 "weight": float(weights[j, k]),
                 "contribution": float(weights[j, k] * sims[r]),
+                "patch_box_xywh": [round(v / zoom, 2) for v in patch],
+                "source_image_id": atlas[j]["source_image_id"] if j in atlas else None,
                 "figure": fname,
             }
             items.append(item)
             figures.append(
                 {
                     "image": fname,
-                    "caption": f"#{rank + 1} prototype {j}: "
-                    f"similarity {sims[r]:.3f} x weight {weights[j, k]:.3f}",
+                    "caption": f"#{rank + 1} prototype p{j}: similarity {sims[r]:.3f} x weight "
+                    f"{weights[j, k]:.3f}. Yellow: the 95th-percentile region; green: the "
+                    "reference box.",
+                    "alt": f"{names[k]} evidence #{rank + 1}: " + "; next to it: ".join(titles),
+                    "colorbar": {"label": label, "min": lo, "max": hi},
+                    "wide": True,
                 }
             )
         result["predicted"].append(
@@ -157,16 +276,18 @@ def explain(
         )
         sections.append(
             {
-                "heading": f"{names[k]} (p = {probs[names[k]]:.3f})",
+                "heading": f"{names[k]} (p = {probs[names[k]]:.3f}): this looks like that",
                 "table": [{k2: v for k2, v in it.items() if k2 != "figure"} for it in items],
                 "figures": figures,
             }
         )
-    with open(os.path.join(out_dir, "explanation.json"), "w") as f:
+    with open(os.path.join(out_dir, EXPLANATION_JSON), "w") as f:
         json.dump(result, f, indent=1)
     report.write_html_report(
-        os.path.join(out_dir, "report.html"),
+        os.path.join(out_dir, REPORT_HTML),
         f"CIPL explanation: {os.path.basename(image_path)}",
         sections,
+        header,
+        warnings,
     )
     return result

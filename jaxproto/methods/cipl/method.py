@@ -8,10 +8,9 @@ epochs; the last layer has its own Adam ("last") whose state persists between pu
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import re
+import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -20,16 +19,40 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxproto.backbones import backbone_stride, load_pretrained, merge_pretrained, tap_centre
+from jaxproto.common import trees
 from jaxproto.common.errors import DataError
-from jaxproto.core.method import Batch, Method, Metrics, Phase, PyTree, Sampler, State
+from jaxproto.core import outputs
+from jaxproto.core.method import (
+    Batch,
+    Converter,
+    ExplainRequest,
+    Method,
+    Metrics,
+    Phase,
+    PyTree,
+    Sampler,
+    State,
+)
+from jaxproto.core.metrics import classification_report
+from jaxproto.data import samplers
+from jaxproto.data.images import load_image
 from jaxproto.data.records import DatasetIndex, Record
+from jaxproto.data.transforms import eval_transform
 from jaxproto.kernels.prototypes import exp_similarity
-from jaxproto.methods.cipl import losses
-from jaxproto.methods.cipl.model import CiplNet, build_model, prototype_class_identity
+from jaxproto.methods.cipl import convert, data, explain, losses, push
+from jaxproto.methods.cipl.localization import localization_metrics
+from jaxproto.methods.cipl.model import (
+    BACKBONE_TAP,
+    CiplNet,
+    build_model,
+    prototype_class_identity,
+)
 
 log = logging.getLogger(__name__)
 
-# Parameter groups of the joint optimizer (regex over "/"-joined param paths, cipl.md §3.2).
+# Parameter groups (regexes over "/"-joined param paths, ``common.trees``; cipl.md §3.2): the
+# joint optimizer's per-group learning rates; every parameter is in exactly one group.
 PARAM_GROUPS = (
     ("backbone", r"^(backbone|toplayer)/"),
     ("add_on", r"^add_on_"),
@@ -37,25 +60,24 @@ PARAM_GROUPS = (
     ("last_layer", r"^last_layer/"),
     ("pretrain_head", r"^pretrain_classifier/"),
 )
+# What each optimizer (and so each phase using it) trains; everything else is frozen.
+TRAINABLE = {
+    "joint": r"^(backbone|toplayer)/|^add_on_|^prototype_vectors$",
+    "last": r"^last_layer/",
+    "pretrain": r"^(backbone|toplayer)/|^pretrain_classifier/",
+}
+# CIPL's own predict outputs (besides ``core.outputs.LOGITS``/``PROBS``).
+MIN_DISTANCES = "min_distances"  # (B, P) min-pooled prototype distances
+CLASS_MAPS = "class_maps"  # (B, h, w, C) max over each class's prototype similarity maps
+SIMILARITY_MAPS = "similarity_maps"  # (B, h, w, P), with model.predict_similarity_maps
 
 
-def _path(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
-def param_labels(params: PyTree, trainable: Sequence[str], rename: str = "") -> PyTree:
-    """Group name per leaf for ``optax.multi_transform``; groups not in ``trainable`` -> frozen.
-
-    ``rename`` labels every trainable group with that one name (one shared transform)."""
-
-    def label(path, _):
-        name = _path(path)
-        for group, pattern in PARAM_GROUPS:
-            if re.search(pattern, name):
-                return (rename or group) if group in trainable else "frozen"
-        raise ValueError(f"CIPL parameter {name!r} matches no group of {PARAM_GROUPS}")
-
-    return jax.tree_util.tree_map_with_path(label, params)
+def param_labels(
+    params: PyTree, trainable: str, groups: Sequence[tuple[str, str]] = PARAM_GROUPS
+) -> PyTree:
+    """Group label per leaf for ``optax.multi_transform``; leaves not matching ``trainable``
+    are "frozen". An unknown parameter is an error naming it."""
+    return trees.label_tree(params, groups, trainable=trainable)
 
 
 def halving_schedule(lr: float, epochs: Sequence[int], gamma: float, steps_per_epoch: int):
@@ -68,48 +90,9 @@ def _adam(lr, cfg) -> optax.GradientTransformation:
     return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
 
 
-@dataclasses.dataclass
-class SingleExample:
-    """Sampler index -> one warm-up example (picklable for grain workers)."""
-
-    records: Sequence[Record]
-    transform: Callable
-
-    def __call__(self, index: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        from jaxproto.data.images import load_image
-
-        r = self.records[int(index)]
-        return {
-            "image": self.transform(load_image(r.path), rng),
-            "labels": np.asarray(r.labels, np.float32),
-        }
-
-
-@dataclasses.dataclass
-class PairExample:
-    """Sampler row (a, b) -> two images, each with a student view and a teacher re-view."""
-
-    records: Sequence[Record]
-    transform: Callable
-
-    def __call__(self, row: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        from jaxproto.data.images import load_image
-
-        out = {}
-        for key, idx in zip(("a", "b"), np.asarray(row).reshape(-1), strict=False):
-            r = self.records[int(idx)]
-            x, x_prime = self.transform(load_image(r.path), rng)
-            out[f"image_{key}"], out[f"view_{key}"] = x, x_prime
-            out[f"labels_{key}"] = np.asarray(r.labels, np.float32)
-        return out
-
-
 def feature_grid(config: ml_collections.ConfigDict) -> tuple[float, float] | None:
     """(cell, centre) in input pixels placing similarity maps on the image, or None to stretch
     them (``cv2.resize``, as the official visualisations) — ``config.localization.grid``."""
-    from jaxproto.backbones import backbone_stride, tap_centre
-    from jaxproto.methods.cipl.model import BACKBONE_TAP
-
     mode = config.get("localization", {}).get("grid", "stretch")
     if mode == "stretch":
         return None
@@ -154,7 +137,6 @@ class CiplMethod(Method):
         )
         if self.fg_main.size == 0:
             raise ValueError("CIPL needs at least one foreground class in the main-stage loss")
-        self._project = self.project_last_layer  # one object: the trainer caches steps by id
         self.grid = feature_grid(config)
 
     # ------------------------------------------------------------------ state
@@ -164,8 +146,6 @@ class CiplMethod(Method):
         variables = self.model.init({"params": rng}, x, train=False)
         init_from = self.config.model.get("init_from", "")
         if init_from:
-            from jaxproto.backbones import load_pretrained, merge_pretrained
-
             pretrained = load_pretrained(init_from, self.config.model.backbone, drop_head=True)
             variables = merge_pretrained(variables, pretrained, prefix="backbone")
         params = variables["params"]
@@ -194,18 +174,21 @@ class CiplMethod(Method):
                 "prototypes": _adam(sched(float(o.prototypes_lr)), o),
                 "frozen": optax.set_to_zero(),
             },
-            functools.partial(param_labels, trainable=("backbone", "add_on", "prototypes")),
+            functools.partial(param_labels, trainable=TRAINABLE["joint"]),
         )
+        # One transform for the whole trainable set: every trainable leaf gets the same label.
         last = optax.multi_transform(
             {"last_layer": _adam(float(o.last_layer_lr), o), "frozen": optax.set_to_zero()},
-            functools.partial(param_labels, trainable=("last_layer",)),
+            functools.partial(
+                param_labels, trainable=TRAINABLE["last"], groups=(("last_layer", ""),)
+            ),
         )
         out = {"joint": joint, "last": last}
         if self.pretrain_epochs:
             out["pretrain"] = optax.multi_transform(
                 {"pretrain": _adam(float(o.pretrain_lr), o), "frozen": optax.set_to_zero()},
                 functools.partial(
-                    param_labels, trainable=("backbone", "pretrain_head"), rename="pretrain"
+                    param_labels, trainable=TRAINABLE["pretrain"], groups=(("pretrain", ""),)
                 ),
             )
         return out
@@ -224,10 +207,26 @@ class CiplMethod(Method):
         pretrain = _pretrain_epochs(self.config)
         if pretrain:
             out.append(
-                Phase("pretrain", "pretrain", loss="pretrain", data="single", epochs=pretrain)
+                Phase(
+                    "pretrain",
+                    "pretrain",
+                    trainable=TRAINABLE["pretrain"],
+                    loss="pretrain",
+                    data="single",
+                    epochs=pretrain,
+                )
             )
         if warm > 0:
-            out.append(Phase("warmup", "joint", loss="warmup", data="single", epochs=warm))
+            out.append(
+                Phase(
+                    "warmup",
+                    "joint",
+                    trainable=TRAINABLE["joint"],
+                    loss="warmup",
+                    data="single",
+                    epochs=warm,
+                )
+            )
         start, first = warm, True
         for p in pushes:
             out.append(self._main_phase(p + 1 - start, first, after=(self._push_hook(p),)))
@@ -235,10 +234,11 @@ class CiplMethod(Method):
                 Phase(
                     f"last_layer@{p}",
                     "last",
+                    trainable=TRAINABLE["last"],
                     loss="main",
                     data="pairs",
                     epochs=int(t.last_layer_epochs),
-                    post_update=self._project,
+                    post_update=self.project_last_layer,
                 )
             )
             start, first = p + 1, False
@@ -250,6 +250,7 @@ class CiplMethod(Method):
         return Phase(
             "main",
             "joint",
+            trainable=TRAINABLE["joint"],
             loss="main",
             data="pairs",
             epochs=epochs,
@@ -258,9 +259,7 @@ class CiplMethod(Method):
         )
 
     def _push_hook(self, epoch: int):
-        from jaxproto.methods.cipl.push import push_hook
-
-        return functools.partial(push_hook, method=self, epoch=epoch)
+        return functools.partial(push.push_hook, method=self, epoch=epoch)
 
     def project_last_layer(self, state: State) -> State:
         """W = max(W, 0) restricted to own-class connections, after every last-layer step."""
@@ -274,8 +273,6 @@ class CiplMethod(Method):
 
     # ------------------------------------------------------------------ data
     def _image_weights(self, labels: np.ndarray, background_factor: float) -> np.ndarray:
-        from jaxproto.data.samplers import cipl_image_weights, inverse_frequency_class_weights
-
         given = list(self.config.data.get("class_weights", []))
         if given:
             if len(given) != self.num_classes:
@@ -285,13 +282,11 @@ class CiplMethod(Method):
                 )
             cw = np.asarray(given, np.float64)
         else:
-            cw = inverse_frequency_class_weights(labels).astype(np.float64)
+            cw = data.inverse_frequency_class_weights(labels).astype(np.float64)
         cw[self.background] *= background_factor
-        return cipl_image_weights(labels, cw)
+        return data.cipl_image_weights(labels, cw)
 
     def train_data(self, phase: Phase, records: Sequence[Record]) -> tuple[Sampler, Callable]:
-        from jaxproto.data import samplers, transforms
-
         d, seed = self.config.data, int(self.config.train.seed)
         size = int(self.config.model.image_size)
         labels = np.stack([r.labels for r in records]).astype(np.float32)
@@ -304,9 +299,9 @@ class CiplMethod(Method):
         if phase.data == "single":
             w = self._image_weights(labels, float(d.background_weight_single))
             tf = (
-                transforms.LightTrainTransform(size)
+                data.LightTrainTransform(size)
                 if light
-                else transforms.CiplTrainTransform(
+                else data.CiplTrainTransform(
                     size,
                     degrees=aug.single_degrees,
                     translate=aug.single_translate,
@@ -315,13 +310,13 @@ class CiplMethod(Method):
                     elastic_grayscale=bool(aug.elastic_grayscale),
                 )
             )
-            return samplers.WeightedSampler(w, len(records), seed), SingleExample(records, tf)
+            return samplers.WeightedSampler(w, len(records), seed), data.SingleExample(records, tf)
         if phase.data == "pairs":
             w = self._image_weights(labels, float(d.background_weight_pairs))
             tf = (
-                transforms.LightPairViewTransform(size)
+                data.LightPairViewTransform(size)
                 if light
-                else transforms.CiplPairViewTransform(
+                else data.CiplPairViewTransform(
                     size,
                     pad=int(aug.pair_pad) or None,
                     degrees=aug.pair_degrees,
@@ -331,13 +326,10 @@ class CiplMethod(Method):
                     elastic_grayscale=bool(aug.elastic_grayscale),
                 )
             )
-            return samplers.PairSampler(labels, seed, weights=w), PairExample(records, tf)
+            return data.PairSampler(labels, seed, weights=w), data.PairExample(records, tf)
         raise ValueError(f"CIPL has no data variant {phase.data!r}; use 'single' or 'pairs'")
 
     def eval_example(self, record: Record) -> dict[str, np.ndarray]:
-        from jaxproto.data.images import load_image
-        from jaxproto.data.transforms import eval_transform
-
         img = eval_transform(load_image(record.path), int(self.config.model.image_size))
         return {"image": img, "labels": np.asarray(record.labels, np.float32)}
 
@@ -457,24 +449,21 @@ class CiplMethod(Method):
         n, h, w, _ = sim.shape
         per_class = sim.reshape(n, h, w, self.num_classes, -1)  # prototypes are class-major
         result = {
-            "probs": jax.nn.sigmoid(
+            outputs.PROBS: jax.nn.sigmoid(
                 logits[:, self.fg_eval] - logits[:, self.background : self.background + 1]
             ),
-            "logits": logits,
-            "min_distances": out["min_distances"],
-            "class_maps": jnp.max(per_class, axis=-1),
+            outputs.LOGITS: logits,
+            MIN_DISTANCES: out["min_distances"],
+            CLASS_MAPS: jnp.max(per_class, axis=-1),
         }
         if bool(self.config.model.get("predict_similarity_maps", False)):
-            result["similarity_maps"] = sim
+            result[SIMILARITY_MAPS] = sim
         return result
 
     def evaluate(self, predictions: dict[str, np.ndarray], records: Sequence[Record]) -> dict:
-        from jaxproto.core.metrics import classification_report
-        from jaxproto.methods.cipl.localization import localization_metrics
-
         names = [self.index.class_names[k] for k in self.fg_eval]
         y = np.stack([r.labels for r in records])[:, self.fg_eval]
-        report = classification_report(y, predictions["probs"], names)
+        report = classification_report(y, predictions[outputs.PROBS], names)
         out = {k: v for k, v in report.items() if k != "classes"}
         for name, row in report["classes"].items():
             out[f"auc/{name}"] = row["auc"]
@@ -482,7 +471,7 @@ class CiplMethod(Method):
         out["classes"] = report["classes"]
         out.update(
             localization_metrics(
-                predictions["class_maps"],
+                predictions[CLASS_MAPS],
                 records,
                 int(self.config.model.image_size),
                 class_ids=self.fg_eval,
@@ -493,6 +482,33 @@ class CiplMethod(Method):
             )
         )
         return out
+
+    # ------------------------------------------------------------------ CLIs
+    def explain(self, state: State, request: ExplainRequest) -> dict[str, str]:
+        """Prototype evidence for each predicted class (``methods/cipl/explain.py``); the first
+        ``request.boxes`` entry is drawn as the reference box, the atlas comes from
+        ``request.source``'s latest push."""
+        explain.explain(
+            self,
+            state,
+            request.image,
+            request.out_dir,
+            box=request.boxes[0] if request.boxes else None,
+            atlas_dir=request.source,
+        )
+        return {
+            "html": os.path.join(request.out_dir, explain.REPORT_HTML),
+            "json": os.path.join(request.out_dir, explain.EXPLANATION_JSON),
+        }
+
+    def export_files(self, workdir: str) -> dict[str, str]:
+        """The latest push atlas, so ``explain --export`` shows the prototypes' sources."""
+        return explain.export_files(workdir)
+
+    @classmethod
+    def converters(cls) -> dict[str, Converter]:
+        run = functools.partial(convert.run, method_cls=cls)
+        return {"cipl": Converter(convert.HELP, convert.add_arguments, run)}
 
 
 def init_ema_hook(ctx, state: State) -> State:

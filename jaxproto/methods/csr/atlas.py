@@ -8,10 +8,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import cv2
 import jax.numpy as jnp
 import numpy as np
 
+from jaxproto.data.images import load_image
 from jaxproto.data.records import Record
+from jaxproto.viz.atlas import write_atlas
+from jaxproto.viz.overlays import save_png
 
 ATLAS_KEYS = ("atlas_index", "atlas_score", "hit_count")
 
@@ -75,12 +79,6 @@ def write_prototype_atlas(
 ) -> tuple[str, str]:
     """Writes ``atlas.html`` / ``atlas.json`` (browsable, grouped by concept) and one PNG per
     linked training image under ``out_dir``; returns the (json, html) paths."""
-    import cv2
-
-    from jaxproto.data.images import load_image
-    from jaxproto.viz.atlas import write_atlas
-    from jaxproto.viz.overlays import save_png
-
     index = np.asarray(atlas["atlas_index"])
     k_count, m_count = index.shape
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)

@@ -1,17 +1,19 @@
 """CSR evaluation (specs/csr.md §8): task macro-F1 on arg-max, concept F1, pointing game on concept
-boxes (Zhang et al. at image resolution with a pixel tolerance, and R2's feature-grid variant),
-number of prototypes and explanations."""
+boxes (Zhang et al. at image resolution with a Euclidean pixel tolerance, and R2's feature-grid
+variant), number of prototypes and explanations. The pointing game itself is
+``jaxproto.core.metrics.pointing_hits`` (shared with CIPL)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from sklearn.metrics import f1_score
 
+from jaxproto.core.metrics import box_to_grid, pointing_hits
 from jaxproto.data.records import Box, Record
+from jaxproto.methods.csr.data import concepts_of, target_of
 
 
 def scaled_boxes(record: Record, image_size: int) -> list[Box]:
@@ -28,29 +30,9 @@ def scaled_boxes(record: Record, image_size: int) -> list[Box]:
     ]
 
 
-def box_to_grid(box: Box, grid_hw: tuple[int, int], img_hw: tuple[int, int]) -> tuple[int, ...]:
-    """Cells (r0, r1, c0, c1) (end exclusive) a box touches: floor start, ceil end, clamped
-    (spec §4.1); a cell counts if the box overlaps it at all."""
-    gh, gw = grid_hw
-    ih, iw = img_hw
-    c0 = min(max(math.floor(box.x * gw / iw), 0), gw - 1)
-    c1 = min(max(math.ceil((box.x + box.w) * gw / iw), c0 + 1), gw)
-    r0 = min(max(math.floor(box.y * gh / ih), 0), gh - 1)
-    r1 = min(max(math.ceil((box.y + box.h) * gh / ih), r0 + 1), gh)
-    return r0, r1, c0, c1
-
-
 def upsample(map_hw: np.ndarray, size: int) -> np.ndarray:
     """Bilinear upsampling with half-pixel centres (= torch ``align_corners=False``)."""
     return cv2.resize(np.asarray(map_hw, np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-def point_hits_box(point_xy: tuple[float, float], box: Box, tolerance_px: float) -> bool:
-    """True if the point lies within ``tolerance_px`` (Euclidean) of the box."""
-    x, y = point_xy
-    dx = max(box.x - x, 0.0, x - (box.x + box.w))
-    dy = max(box.y - y, 0.0, y - (box.y + box.h))
-    return dx * dx + dy * dy <= tolerance_px * tolerance_px
 
 
 def pointing_game(
@@ -62,32 +44,38 @@ def pointing_game(
     """Pointing game over every (image, concept) with a box of that concept.
 
     ``concept_maps`` (N, K, h, w): the explanation map of each concept. ``pointing_game``: arg-max
-    of the map upsampled to the input size, hit if within ``tolerance_px`` of a box of that concept
-    (Zhang et al.); ``pointing_game_grid``: arg-max on the raw grid, hit if its cell is touched by a
-    box (R2, no tolerance).
+    of the map upsampled to the input size, hit if within ``tolerance_px`` (Euclidean) of a box of
+    that concept (Zhang et al.); ``pointing_game_grid``: arg-max on the raw grid, hit if its cell
+    is touched by a box (R2, no tolerance; a box always touches at least one cell).
     """
     hits = hits_grid = total = 0
-    n, _, gh, gw = concept_maps.shape
+    n, k_count, gh, gw = concept_maps.shape
     for i, record in enumerate(records):
-        by_concept: dict[int, list[Box]] = {}
+        by_concept: dict[int, list[tuple[float, ...]]] = {}
         for b in scaled_boxes(record, image_size):
-            by_concept.setdefault(b.label, []).append(b)
-        for k, boxes in by_concept.items():
-            if k >= concept_maps.shape[1]:
+            if b.label >= k_count:
                 raise ValueError(
-                    f"record {record.image_id!r}: concept box label {k} but only "
-                    f"{concept_maps.shape[1]} concepts"
+                    f"record {record.image_id!r}: concept box label {b.label} but only "
+                    f"{k_count} concepts"
                 )
-            total += 1
-            up = upsample(concept_maps[i, k], image_size)
-            r, c = np.unravel_index(int(np.argmax(up)), up.shape)
-            hits += any(point_hits_box((c + 0.5, r + 0.5), b, tolerance_px) for b in boxes)
-            gr, gc = np.unravel_index(int(np.argmax(concept_maps[i, k])), (gh, gw))
-            for b in boxes:
-                r0, r1, c0, c1 = box_to_grid(b, (gh, gw), (image_size, image_size))
-                if r0 <= gr < r1 and c0 <= gc < c1:
-                    hits_grid += 1
-                    break
+            by_concept.setdefault(b.label, []).append((b.x, b.y, b.w, b.h))
+        if not by_concept:
+            continue
+        ks = sorted(by_concept)
+        total += len(ks)
+        up = np.stack([upsample(concept_maps[i, k], image_size) for k in ks])
+        boxes = [by_concept[k] for k in ks]
+        hits += int(pointing_hits(up, boxes, tolerance_px, tolerance_shape="disk").sum())
+        cells = []
+        for k in ks:
+            grid_boxes = []
+            for box in by_concept[k]:
+                c0, c1, r0, r1 = box_to_grid(
+                    box, (image_size, image_size), (gw, gh), keep_one_cell=True
+                )
+                grid_boxes.append((c0, r0, c1 - c0, r1 - r0))
+            cells.append(grid_boxes)
+        hits_grid += int(pointing_hits(concept_maps[i, ks], cells).sum())
     if total == 0:
         return {"pointing_count": 0}
     return {
@@ -107,8 +95,6 @@ def evaluate_csr(
     tolerance_px: float = 15.0,
 ) -> dict:
     """All CSR metrics from stacked predictions (see ``method.predict_outputs``) for ``records``."""
-    from jaxproto.methods.csr.method import concepts_of, target_of
-
     y = np.array([target_of(r) for r in records])
     pred = np.argmax(predictions["logits"], axis=-1)
     labels = list(range(len(class_names)))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 
@@ -25,8 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxproto.common.errors import UserError
+from jaxproto.core.metrics import box_to_grid
+from jaxproto.data import transforms
+from jaxproto.data.images import load_image
 from jaxproto.data.records import Box
 from jaxproto.methods.csr.model import CLIP_MODES, CsrModel, pool_scores
+from jaxproto.viz import overlays
+from jaxproto.viz.report import write_html_report
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +39,24 @@ GRID_MODES = ("feature", "image")
 BoxLike = Box | Sequence[float]
 
 
+class InteractionError(UserError, ValueError):
+    """A doctor-in-the-loop request that cannot be applied (bad box, unknown concept, ...)."""
+
+
 def _xywh(box: BoxLike) -> tuple[float, float, float, float]:
     if isinstance(box, Box):
         return box.x, box.y, box.w, box.h
     if len(box) != 4:
-        raise ValueError(f"a box is (x, y, w, h); got {box!r}")
+        raise InteractionError(f"a box is (x, y, w, h); got {box!r}")
     x, y, w, h = (float(v) for v in box)
     if w <= 0 or h <= 0:
-        raise ValueError(f"box {box!r} has non-positive width or height")
+        raise InteractionError(f"box {box!r} has non-positive width or height")
     return x, y, w, h
 
 
 def _cells(box: BoxLike, grid_hw: tuple[int, int], img_hw: tuple[int, int]) -> tuple[slice, slice]:
     """Rows/cols of the grid a box overlaps at all: floor start, ceil end, clamped (spec §4.1)."""
-    x, y, w, h = _xywh(box)
-    gh, gw = grid_hw
-    ih, iw = img_hw
-    r0 = min(max(math.floor(y * gh / ih), 0), gh)
-    r1 = min(max(math.ceil((y + h) * gh / ih), 0), gh)
-    c0 = min(max(math.floor(x * gw / iw), 0), gw)
-    c1 = min(max(math.ceil((x + w) * gw / iw), 0), gw)
+    c0, c1, r0, r1 = box_to_grid(_xywh(box), img_hw[::-1], grid_hw[::-1])
     return slice(r0, r1), slice(c0, c1)
 
 
@@ -67,7 +70,7 @@ def importance_map(
     """A (H, W) float32 on the grid (Eq. 12): α everywhere, 0 on negative boxes, then 1 on
     positive boxes (positives override negatives where they overlap, R1)."""
     if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        raise InteractionError(f"alpha must be in [0, 1), got {alpha}")
     a = np.full(grid_hw, alpha, np.float32)
     for box in boxes_neg:
         a[_cells(box, grid_hw, img_hw)] = 0.0
@@ -82,12 +85,12 @@ def rejection_vector(rejected: Sequence[int | str], concept_names: Sequence[str]
     for c in rejected:
         if isinstance(c, str) and not c.lstrip("-").isdigit():
             if c not in concept_names:
-                raise ValueError(f"unknown concept {c!r}; concepts: {list(concept_names)}")
+                raise InteractionError(f"unknown concept {c!r}; concepts: {list(concept_names)}")
             out[list(concept_names).index(c)] = 1.0
         else:
             k = int(c)
             if not 0 <= k < len(concept_names):
-                raise ValueError(f"concept index {k} out of range [0, {len(concept_names)})")
+                raise InteractionError(f"concept index {k} out of range [0, {len(concept_names)})")
             out[k] = 1.0
     return out
 
@@ -194,7 +197,7 @@ def is_indecisive(probs: np.ndarray, threshold: float = 0.3) -> np.ndarray:
     return (top[..., -1] - top[..., -2]) < threshold
 
 
-def explain_cli(
+def explain_image(
     method,
     state: dict,
     image: str | np.ndarray,
@@ -211,11 +214,6 @@ def explain_cli(
     ``method.config.model`` (``alpha``, ``clip_negative``, ``interaction_grid``). The returned
     dict is ``result.json``'s content plus the ``json`` and ``html`` paths.
     """
-    from jaxproto.data import transforms
-    from jaxproto.data.images import load_image
-    from jaxproto.viz import overlays
-    from jaxproto.viz.report import write_html_report
-
     raw = load_image(image) if isinstance(image, str) else np.asarray(image)
     if raw.dtype != np.uint8 or raw.ndim != 3 or raw.shape[-1] != 3:
         raise ValueError(f"image must be uint8 HxWx3, got {raw.dtype} {raw.shape}")

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxproto.methods.csr.model import l2_normalize
+from jaxproto.kernels.prototypes import l2_normalize
 
 MARGIN_MODES = ("softtriple_minus", "plus_ce", "plus_numerator_only")
 REDUCTIONS = ("mean_anchors", "mean_concepts")

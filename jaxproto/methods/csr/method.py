@@ -5,14 +5,18 @@
    Ends with the prototype atlas hook (§6).
 3. ``task_head``: linear H over the K·M max-pooled similarity scores, cross-entropy (§3).
 
-Frozen groups use ``optax.multi_transform`` with ``set_to_zero``; the frozen parts of the forward
-pass sit under ``stop_gradient`` so no backward pass runs through them. ``state["extra"]`` holds
-the prototype mask (pruning, §4.3) and the atlas (nearest training image per prototype).
+Each phase's ``trainable`` regex (``common.trees``) selects what it trains; its optimizer maps
+every other parameter to ``optax.set_to_zero``, and the frozen parts of the forward pass sit
+under ``stop_gradient`` so no backward pass runs through them. ``state["extra"]`` holds the
+prototype mask (pruning, §4.3) and the atlas (nearest training image per prototype).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -23,78 +27,41 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxproto.common.errors import DataError
-from jaxproto.core.method import Method, Phase
+from jaxproto.backbones import build_backbone, get_spec, init_with_pretrained
+from jaxproto.common import trees
+from jaxproto.core import outputs, parallel
+from jaxproto.core.method import ExplainRequest, Method, Phase
 from jaxproto.data.records import DatasetIndex, Record
+from jaxproto.data.samplers import ShuffleSampler
 from jaxproto.methods.csr import atlas as atlas_lib
 from jaxproto.methods.csr import evaluate as evaluate_lib
-from jaxproto.methods.csr import losses
-from jaxproto.methods.csr.model import CsrModel, pool_scores, spatial_softmax_pool
+from jaxproto.methods.csr import interact, losses, usage
+from jaxproto.methods.csr.data import CsrExample, concepts_of
+from jaxproto.methods.csr.model import (
+    ALIVE_PROTOTYPES,
+    BEST_PROTOTYPE,
+    CONCEPT_MAPS,
+    V_PROJ,
+    CsrModel,
+    pool_scores,
+    spatial_softmax_pool,
+)
 
 log = logging.getLogger(__name__)
 
 REFINE_MODES = ("mask", "mask_retrain")
-_STAGE_GROUPS = {
-    "stage1": {"backbone": "train", "concept_head": "train"},
-    "stage2": {"projector": "projector", "prototypes": "prototypes"},
-    "stage3": {"task_head": "head", "head_bn": "head"},
+# What each stage trains (Phase.trainable, over parameter paths) and its optimizer groups
+# (first match wins); the group labels name the optimizer states inside the checkpoint.
+STAGE_TRAINABLE = {
+    "stage1": r"^(backbone|concept_head)/",
+    "stage2": r"^(projector/|prototypes$)",
+    "stage3": r"^(task_head|head_bn)/",
 }
-
-
-def target_of(record: Record) -> int:
-    """The single task class of a record (CSR's head is a softmax over classes, spec §3.3)."""
-    labels = np.asarray(record.labels)
-    if labels.ndim != 1 or labels.sum() < 0.5:
-        raise DataError(
-            f"record {record.image_id!r} ({record.path}): labels {labels.tolist()} have no "
-            "positive class (expected a one-hot class vector)"
-        )
-    return int(np.argmax(labels))
-
-
-def concepts_of(record: Record, num_concepts: int) -> np.ndarray:
-    """The record's K concept labels as float32; DataError if missing or mis-sized."""
-    if record.concepts is None or np.shape(record.concepts) != (num_concepts,):
-        raise DataError(
-            f"record {record.image_id!r} ({record.path}): concepts "
-            f"{None if record.concepts is None else np.shape(record.concepts)}, expected a vector "
-            f"of {num_concepts} concept labels (CSR needs concept annotations)"
-        )
-    return np.asarray(record.concepts, np.float32)
-
-
-class CsrExample:
-    """Decode + CSR train augmentation (or eval transform); picklable for grain workers."""
-
-    def __init__(self, records: Sequence[Record], image_size: int, num_concepts: int, train: bool):
-        self.records = list(records)
-        self.image_size = int(image_size)
-        self.num_concepts = num_concepts
-        self.train = train
-
-    def example(self, record: Record, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        from jaxproto.data import transforms
-        from jaxproto.data.images import load_image
-
-        image = load_image(record.path)
-        if self.train:
-            x = transforms.CsrTrainTransform(self.image_size)(image, rng)
-        else:
-            x = transforms.eval_transform(image, self.image_size)
-        return {
-            "image": np.ascontiguousarray(x, np.float32),
-            "concepts": concepts_of(record, self.num_concepts),
-            "label": np.int32(target_of(record)),
-        }
-
-    def __call__(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return self.example(self.records[int(index)], rng)
-
-
-def _backbone_tap(name: str) -> str:
-    from jaxproto.backbones import get_spec
-
-    return get_spec(name).default_taps[-1]
+_STAGE_LABELS = {
+    "stage1": (("train", ".*"),),
+    "stage2": (("prototypes", r"^prototypes$"), ("projector", ".*")),
+    "stage3": (("head", ".*"),),
+}
 
 
 class CsrMethod(Method):
@@ -119,9 +86,8 @@ class CsrMethod(Method):
         self.image_size = int(m.image_size)
         self.M = int(m.prototypes_per_concept)
         if backbone is None:
-            from jaxproto.backbones import build_backbone
-
-            backbone = build_backbone(m.backbone, taps=(m.get("tap") or _backbone_tap(m.backbone),))
+            tap = m.get("tap") or get_spec(m.backbone).default_taps[-1]
+            backbone = build_backbone(m.backbone, taps=(tap,))
         self.model = CsrModel(
             backbone=backbone,
             num_concepts=self.num_concepts,
@@ -157,13 +123,8 @@ class CsrMethod(Method):
                 **atlas_lib.empty_atlas(self.num_concepts, self.M),
             },
         }
-        init_from = self.config.model.get("init_from", "")
-        if init_from:
-            from jaxproto.backbones import load_pretrained, merge_pretrained
-
-            loaded = load_pretrained(init_from, self.config.model.backbone, with_head=False)
-            out = {**out, **merge_pretrained(out, loaded, prefix="backbone")}
-        return out
+        m = self.config.model
+        return init_with_pretrained(out, m.get("init_from", ""), m.backbone, with_head=False)
 
     def optimizers(self, steps_per_epoch: int) -> dict[str, optax.GradientTransformation]:
         o = self.config.optim
@@ -177,51 +138,76 @@ class CsrMethod(Method):
             raise ValueError(f"optim schedule must be cosine or constant, got {stage.schedule!r}")
 
         s1, s2, s3 = o.stage1, o.stage2, o.stage3
+        txs = {
+            "stage1": {"train": optax.adamw(schedule(s1), weight_decay=s1.wd)},
+            "stage2": {
+                "projector": optax.adamw(schedule(s2), weight_decay=s2.wd),
+                "prototypes": optax.adamw(schedule(s2), weight_decay=s2.proto_wd),
+            },
+            "stage3": {"head": optax.adamw(schedule(s3), weight_decay=s3.wd)},
+        }
+        trainable = {p.optimizer: p.trainable for p in self.phases()}
+
+        def labels(stage: str):
+            return lambda params: trees.label_tree(
+                params, _STAGE_LABELS[stage], trainable=trainable[stage]
+            )
+
         return {
-            "stage1": _grouped("stage1", {"train": optax.adamw(schedule(s1), weight_decay=s1.wd)}),
-            "stage2": _grouped(
-                "stage2",
-                {
-                    "projector": optax.adamw(schedule(s2), weight_decay=s2.wd),
-                    "prototypes": optax.adamw(schedule(s2), weight_decay=s2.proto_wd),
-                },
-            ),
-            "stage3": _grouped("stage3", {"head": optax.adamw(schedule(s3), weight_decay=s3.wd)}),
+            stage: optax.multi_transform({**tx, "frozen": optax.set_to_zero()}, labels(stage))
+            for stage, tx in txs.items()
         }
 
     def phases(self) -> list[Phase]:
+        """concepts, one ``prototypes_<e>`` phase per stage-2 epoch (each ends with the usage
+        hook: alive counts, entropy, revival), task_head."""
         o = self.config.optim
-        before2 = (
+        first = (
             (self.init_prototypes_hook,) if self.config.model.proto_init == "sample_vectors" else ()
         )
         prune = (self.prune_hook,) if self.prune_ids else ()
-        return [
-            Phase("concepts", "stage1", loss="concepts", epochs=float(o.stage1.epochs)),
+        retrain = self.refine_mode == "mask_retrain"
+        total = float(o.stage2.epochs)
+        n = max(1, math.ceil(total))
+        epochs = [1.0] * (n - 1) + [total - (n - 1)]
+        proto_phases = [
             Phase(
-                "prototypes",
+                f"prototypes_{e + 1}",
                 "stage2",
+                trainable=STAGE_TRAINABLE["stage2"],
                 loss="prototypes",
-                epochs=float(o.stage2.epochs),
-                before=before2,
-                after=(self.atlas_hook,),
+                epochs=epochs[e],
+                before=first if e == 0 else (),
+                after=(functools.partial(self.usage_hook, epoch=e + 1, last=e == n - 1),)
+                + ((self.atlas_hook,) if e == n - 1 else ()),
+            )
+            for e in range(n)
+        ]
+        return [
+            Phase(
+                "concepts",
+                "stage1",
+                trainable=STAGE_TRAINABLE["stage1"],
+                loss="concepts",
+                epochs=float(o.stage1.epochs),
             ),
+            *proto_phases,
             Phase(
                 "task_head",
                 "stage3",
+                trainable=STAGE_TRAINABLE["stage3"],
                 loss="task",
                 epochs=float(o.stage3.epochs),
-                before=prune if self.refine_mode == "mask_retrain" else (),
-                after=prune if self.refine_mode == "mask" else (),
+                before=prune if retrain else (),
+                after=() if retrain else prune,
             ),
         ]
 
     def train_data(self, phase: Phase, records: Sequence[Record]):
-        from jaxproto.data import samplers
-
         seed = int(self.config.train.seed) + 7919 * [p.name for p in self.phases()].index(
             phase.name
         )
-        return samplers.ShuffleSampler(len(records), seed), CsrExample(
+        return ShuffleSampler(len(records), seed), CsrExample(
             records, self.image_size, self.num_concepts, train=True
         )
 
@@ -312,15 +298,100 @@ class CsrMethod(Method):
             tolerance_px=float(self.config.get("eval", {}).get("pointing_tolerance_px", 15.0)),
         )
 
+    def explain(self, state: dict, request: ExplainRequest) -> dict[str, str]:
+        """Per-concept maps and atlas links before and after the request's doctor-in-the-loop
+        corrections (positive/negative boxes, rejected concepts), §4."""
+        result = interact.explain_image(
+            self,
+            state,
+            request.image,
+            request.out_dir,
+            boxes_pos=request.positive_boxes,
+            boxes_neg=request.negative_boxes,
+            reject=request.reject_concepts,
+        )
+        return {"html": result["html"], "json": result["json"]}
+
+    def prediction_arrays(self, predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Concept probabilities (N, K) beside the class-probability CSV."""
+        return {outputs.CONCEPT_PROBS: predictions[outputs.CONCEPT_PROBS]}
+
     # ------------------------------------------------------------------ hooks
+    def concept_vectors(self, state: dict, batch: dict) -> dict[str, jax.Array]:
+        """Projected local concept vectors v' (B, K, D) only (stage-2 hooks)."""
+
+        def fwd(mdl, x):
+            f = mdl.features(x, train=False)
+            cam, _ = mdl.concepts(f)
+            return mdl.project(spatial_softmax_pool(f, cam), None, False)
+
+        variables = self._variables(state["params"], state)
+        return {V_PROJ: self.model.apply(variables, batch["image"], method=fwd)}
+
+    def _train_vectors(self, ctx, state) -> tuple[np.ndarray, np.ndarray]:
+        """(v' (N, K, D), concept present (N, K)) over the training split."""
+        records = ctx.index.split("train")
+        present = np.stack([concepts_of(r, self.num_concepts) for r in records]) > 0.5
+        k, d = self.num_concepts, int(self.config.model.proj_dim)
+        vectors = np.zeros((len(records), k, d), np.float32)
+        fn = jax.jit(self.concept_vectors, out_shardings=parallel.replicated(ctx.mesh))
+        for idx, out in ctx.stream_predictions(state, records, predict_fn=fn):
+            vectors[idx] = np.asarray(jax.device_get(out[V_PROJ]))[: len(idx)]
+        return vectors, present
+
+    def usage_hook(self, ctx, state, epoch: int, last: bool):
+        """After every stage-2 epoch: alive prototypes and usage entropy per concept on the
+        training set (logged and appended to ``<workdir>/prototype_usage.jsonl``); with
+        ``model.prototype_revival`` re-seeds prototypes dead for ``model.revival_patience``
+        epochs (not after the last epoch, so the final count is of trained prototypes)."""
+        m = self.config.model
+        vectors, present = self._train_vectors(ctx, state)
+        protos = np.asarray(jax.device_get(state["params"]["prototypes"]))
+        builder = atlas_lib.AtlasBuilder(protos)
+        builder.add(vectors, present, np.arange(len(vectors)))
+        hits = builder.result()["hit_count"]
+        stats = usage.usage_stats(hits)
+        dead = getattr(self, "_dead_epochs", np.zeros(hits.shape, np.int64))
+        self._dead_epochs = np.where(hits > 0, 0, dead + 1)
+        revived = np.zeros(hits.shape, bool)
+        if bool(m.get("prototype_revival", False)) and not last:
+            new, revived = usage.revive(
+                protos, hits, self._dead_epochs, int(m.revival_patience), vectors, present
+            )
+            if revived.any():
+                state = _set_params(state, "prototypes", new)
+                opt = usage.reset_moments(jax.device_get(state["opt"]["stage2"]), revived)
+                opt = _put_tree_like(opt, state["opt"]["stage2"])
+                state = {**state, "opt": {**state["opt"], "stage2": opt}}
+                self._dead_epochs = np.where(revived, 0, self._dead_epochs)
+        row = {
+            "epoch": epoch,
+            "alive": stats["alive"],
+            "mean_alive": float(np.mean(stats["alive"])),
+            "entropy": [round(v, 4) for v in stats["entropy"]],
+            "revived": int(revived.sum()),
+        }
+        log.info(
+            "CSR stage 2 epoch %d: prototypes alive per concept %s (mean %.1f of %d), usage "
+            "entropy %s nats, revived %d",
+            epoch,
+            row["alive"],
+            row["mean_alive"],
+            self.M,
+            row["entropy"],
+            row["revived"],
+        )
+        if ctx.is_main_process:
+            with open(os.path.join(ctx.workdir, "prototype_usage.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return state
+
     def atlas_hook(self, ctx, state):
         """End of stage 2: nearest training image per prototype (Eq. 11), hit counts, HTML."""
         records = ctx.index.split("train")
-        concepts = np.stack([concepts_of(r, self.num_concepts) for r in records])
+        vectors, present = self._train_vectors(ctx, state)
         builder = atlas_lib.AtlasBuilder(np.asarray(jax.device_get(state["params"]["prototypes"])))
-        for idx, out in ctx.stream_predictions(state, records):
-            v = np.asarray(jax.device_get(out["v_proj"]))[: len(idx)]
-            builder.add(v, concepts[idx] > 0.5, idx)
+        builder.add(vectors, present, np.arange(len(vectors)))
         result = builder.result()
         state = _set_extra(state, {k: result[k] for k in atlas_lib.ATLAS_KEYS})
         alive = (result["hit_count"] > 0).sum(axis=1)
@@ -339,13 +410,7 @@ class CsrMethod(Method):
 
     def init_prototypes_hook(self, ctx, state):
         """``proto_init=sample_vectors``: prototypes start as random projected training vectors."""
-        records = ctx.index.split("train")
-        concepts = np.stack([concepts_of(r, self.num_concepts) for r in records]) > 0.5
-        vectors = np.zeros(
-            (len(records), self.num_concepts, int(self.config.model.proj_dim)), np.float32
-        )
-        for idx, out in ctx.stream_predictions(state, records):
-            vectors[idx] = np.asarray(jax.device_get(out["v_proj"]))[: len(idx)]
+        vectors, concepts = self._train_vectors(ctx, state)
         rng = np.random.default_rng(int(self.config.train.seed))
         protos = np.asarray(jax.device_get(state["params"]["prototypes"])).copy()
         for k in range(self.num_concepts):
@@ -357,18 +422,6 @@ class CsrMethod(Method):
     def prune_hook(self, ctx, state):
         """Masks the prototypes listed in ``refine.prune`` (flat ids k·M + m, §4.3)."""
         return prune_prototypes(state, self.prune_ids)
-
-
-def _grouped(stage: str, txs: dict[str, optax.GradientTransformation]):
-    groups = _STAGE_GROUPS[stage]
-
-    def labels(params):
-        return {
-            name: jax.tree.map(lambda _, n=name: groups.get(n, "frozen"), sub)
-            for name, sub in params.items()
-        }
-
-    return optax.multi_transform({**txs, "frozen": optax.set_to_zero()}, labels)
 
 
 def predict_outputs(model: CsrModel, state: dict, images: jax.Array, clip_negative: str) -> dict:
@@ -390,14 +443,14 @@ def predict_outputs(model: CsrModel, state: dict, images: jax.Array, clip_negati
     alive = mask[None, :, :, None, None] > 0
     b, k, m = sims.shape[:3]
     return {
-        "logits": logits,
-        "probs": jax.nn.softmax(logits, axis=-1),
-        "concept_logits": z,
-        "concept_probs": jax.nn.sigmoid(z),
-        "concept_maps": jnp.max(jnp.where(alive, sims, -1.0), axis=2),
-        "best_prototype": jnp.argmax(s.reshape(b, k, m), axis=-1),
-        "v_proj": v_proj,
-        "alive_prototypes": jnp.full((b,), jnp.sum(mask), jnp.float32),
+        outputs.LOGITS: logits,
+        outputs.PROBS: jax.nn.softmax(logits, axis=-1),
+        outputs.CONCEPT_LOGITS: z,
+        outputs.CONCEPT_PROBS: jax.nn.sigmoid(z),
+        CONCEPT_MAPS: jnp.max(jnp.where(alive, sims, -1.0), axis=2),
+        BEST_PROTOTYPE: jnp.argmax(s.reshape(b, k, m), axis=-1),
+        V_PROJ: v_proj,
+        ALIVE_PROTOTYPES: jnp.full((b,), jnp.sum(mask), jnp.float32),
     }
 
 
@@ -405,6 +458,10 @@ def _put_like(value, like: jax.Array) -> jax.Array:
     value = jnp.asarray(value, like.dtype)
     sharding = getattr(like, "sharding", None)
     return jax.device_put(value, sharding) if sharding is not None else value
+
+
+def _put_tree_like(tree, like):
+    return jax.tree.map(_put_like, tree, like)
 
 
 def _set_extra(state: dict, values: dict) -> dict:

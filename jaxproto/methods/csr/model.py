@@ -17,17 +17,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxproto.kernels.prototypes import l2_normalize
+
 IBN_MODES = ("r1_groupnorm", "instancenorm_over_patches", "none")
 PROTO_INITS = ("normal", "unit_random", "sample_vectors")
 CLIP_MODES = ("interactive_only", "always", "never")
 
+# CSR's own ``predict`` keys (the shared ones are in ``jaxproto.core.outputs``).
+CONCEPT_MAPS = "concept_maps"  # (B, K, H, W) max over the concept's unpruned prototypes of S
+BEST_PROTOTYPE = "best_prototype"  # (B, K) index m of the concept's top-scoring prototype
+V_PROJ = "v_proj"  # (B, K, D) projected local concept vectors (atlas, prototype init)
+ALIVE_PROTOTYPES = "alive_prototypes"  # (B,) number of unpruned prototypes
+
 _NORM_EPS = 1e-5  # PyTorch InstanceNorm/GroupNorm/BatchNorm default
-
-
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    """x / max(‖x‖, 1e-12) like ``F.normalize`` (spec pitfall 5), with a NaN-free gradient at 0."""
-    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, 1e-24))
 
 
 def spatial_softmax_pool(features: jax.Array, cam: jax.Array) -> jax.Array:
@@ -244,3 +246,18 @@ class CsrModel(nn.Module):
             "v_proj": v_proj,
             "sims": sims,
         }
+
+
+def fold_head_bn(params: dict, batch_stats: dict) -> tuple[dict, dict]:
+    """Folds the task-head input BatchNorm (``head_input_bn``, eval statistics) into the linear
+    head: H(BN(s)) = s·W' + b' with W' = diag(γ/√(σ²+ε))·W and b' = b + (β − μγ/√(σ²+ε))·W.
+    Returns (params, batch_stats) for a ``CsrModel(head_input_bn=False, head_bias=True)``."""
+    bn, stats = params["head_bn"], batch_stats["head_bn"]
+    scale = bn["scale"] / jnp.sqrt(stats["var"] + _NORM_EPS)
+    shift = bn["bias"] - stats["mean"] * scale
+    head = params["task_head"]
+    kernel = head["kernel"] * scale[:, None]
+    bias = head.get("bias", jnp.zeros(kernel.shape[1], kernel.dtype)) + shift @ head["kernel"]
+    new_params = {k: v for k, v in params.items() if k != "head_bn"}
+    new_params["task_head"] = {"kernel": kernel, "bias": bias}
+    return new_params, {k: v for k, v in batch_stats.items() if k != "head_bn"}

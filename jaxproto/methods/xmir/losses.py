@@ -33,12 +33,6 @@ def pairwise_distances(x: jax.Array, y: jax.Array | None = None, mode: str = "au
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)
 
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """x / max(||x||, eps), as torch.nn.functional.normalize."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, eps)
-
-
 def batch_all_triplet_loss(
     embeddings: jax.Array, labels: jax.Array, margin: float = 0.2, distance_mode: str = "auto"
 ) -> tuple[jax.Array, jax.Array]:

@@ -9,6 +9,7 @@ by their distance to the training-class centroids (§2.5), written to ``anomaly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -20,66 +21,41 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxproto.common.errors import DataError
-from jaxproto.core.method import Method, Phase
-from jaxproto.data import samplers, transforms
+from jaxproto.backbones import init_with_pretrained
+from jaxproto.common.errors import UserError
+from jaxproto.core import outputs
+from jaxproto.core.method import Converter, Method, Phase
 from jaxproto.data.images import load_image
 from jaxproto.data.records import Record
-from jaxproto.kernels import saliency
-from jaxproto.methods.xmir.losses import batch_all_triplet_loss, l2_normalize
+from jaxproto.kernels.prototypes import l2_normalize
+from jaxproto.methods.xmir import convert, saliency
+from jaxproto.methods.xmir.data import (
+    PKSampler,
+    SubsetSampler,
+    TrainExample,
+    class_labels,
+    eval_transform,
+)
+from jaxproto.methods.xmir.losses import batch_all_triplet_loss
 from jaxproto.methods.xmir.metrics import anomaly_measures, anomaly_scores, retrieval_metrics
 from jaxproto.methods.xmir.model import XmirNet
 
 log = logging.getLogger(__name__)
 
-SALIENCY_METHODS = ("sbsm", "simatt", "simcam")
-
-
-def class_labels(records: Sequence[Record]) -> np.ndarray:
-    """Integer class of each single-label record (its one-hot label vector's arg-max)."""
-    out = np.empty((len(records),), np.int64)
-    for i, r in enumerate(records):
-        if np.count_nonzero(r.labels) != 1:
-            raise DataError(
-                f"{r.path}: X-MIR needs exactly one class per image, got labels {r.labels}"
-            )
-        out[i] = int(np.argmax(r.labels))
-    return out
-
-
-class SubsetSampler:
-    """Runs ``inner`` over a subset of the records and maps its indices back to all records."""
-
-    def __init__(self, inner, subset: np.ndarray):
-        self.inner = inner
-        self.subset = np.asarray(subset)
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def epoch(self, epoch: int) -> np.ndarray:
-        return self.subset[self.inner.epoch(epoch)]
-
-
-class TrainExample:
-    """Decode -> X-MIR train augmentation; picklable for grain workers."""
-
-    def __init__(
-        self,
-        records: Sequence[Record],
-        labels: np.ndarray,
-        image_size: int,
-        resize: int,
-        rand_resize: bool,
-    ):
-        self.paths = [r.path for r in records]
-        self.labels = labels
-        self.transform = transforms.XmirTrainTransform(image_size, resize, rand_resize)
-
-    def __call__(self, index, rng: np.random.Generator) -> dict:
-        i = int(index)
-        image = self.transform(load_image(self.paths[i]), rng)
-        return {"image": np.ascontiguousarray(image, np.float32), "label": np.int32(self.labels[i])}
+# The original explanations.py's methods a user reaches for (§4), the paper's three first.
+SALIENCY_METHODS = (
+    "sbsm",
+    "simatt",
+    "simcam",
+    "sbsm_mask",  # SBSMMask: the query outside ``query_mask`` set to the mean colour
+    "sbsm_blur",  # SBSMMask "blur": the query outside ``query_mask`` blurred
+    "sbsm_feature",  # SBSMFeature: occlusion on the retrieved image's explanation layer
+    "simscorecam",  # SimScoreCAM
+    "simatt_triplet",  # SimAtt with a negative: w = (1 - |q - p|) |q - n|
+    "self_sbsm",  # --self-saliency: the retrieved image against itself
+    "self_simatt",
+    "self_simcam",
+)
 
 
 class XmirMethod(Method):
@@ -126,10 +102,7 @@ class XmirMethod(Method):
         }
         init_from = self.config.model.get("init_from", "")
         if init_from:
-            from jaxproto.backbones import load_pretrained, merge_pretrained
-
-            pretrained = load_pretrained(init_from, self.config.model.backbone, drop_head=True)
-            out = {**out, **merge_pretrained(out, pretrained, prefix="backbone")}
+            out = init_with_pretrained(out, init_from, self.config.model.backbone)
             log.info("backbone initialised from %s", init_from)
         return out
 
@@ -142,7 +115,7 @@ class XmirMethod(Method):
         subset = np.arange(len(records))
         if self.anomaly_class is not None:
             subset = np.flatnonzero(labels != self.anomaly_class)
-        inner = samplers.PKSampler(labels[subset], self.P, self.K, int(self.config.train.seed))
+        inner = PKSampler(labels[subset], self.P, self.K, int(self.config.train.seed))
         return SubsetSampler(inner, subset), labels
 
     def phases(self):
@@ -166,22 +139,68 @@ class XmirMethod(Method):
     # -- inference ----------------------------------------------------------------------------
 
     def eval_example(self, record):
-        image = transforms.xmir_eval_transform(
-            load_image(record.path), self.image_size, self.resize
-        )
+        image = eval_transform(load_image(record.path), self.image_size, self.resize)
         return {"image": np.asarray(image, np.float32)}
 
     def predict(self, state, batch):
-        return {"embedding": self.embed(_variables(state), batch["image"])}
+        return {outputs.EMBEDDING: self.embed(_variables(state), batch["image"])}
 
     def evaluate(self, predictions, records):
         lc = self.config.loss
         return retrieval_metrics(
-            predictions["embedding"],
+            predictions[outputs.EMBEDDING],
             class_labels(records),
             ks=tuple(self.config.get("eval_ks", (1, 5, 10))),
             map_includes_self=bool(lc.get("map_includes_self", True)),
         )
+
+    # -- what the CLIs need -------------------------------------------------------------------
+
+    def prediction_columns(self, predictions):
+        """None besides the image: an embedding has no per-image summary worth a column (its
+        norm is 1, and nearest-class needs a labelled gallery: ``retrieve index``/``query``).
+        Row i of ``<stem>_embeddings.npy`` is the embedding of CSV row i."""
+        return {}
+
+    def prediction_arrays(self, predictions):
+        """``<stem>_embeddings.npy``: the (N, D) unit embeddings, one row per CSV row."""
+        return {"embeddings": np.asarray(predictions[outputs.EMBEDDING], np.float32)}
+
+    def explain(self, state, request):
+        raise UserError(
+            "X-MIR explains a retrieval, not one image: build a gallery with "
+            "`python -m jaxproto.retrieve index --export EXPORT --images DIR --out INDEX`, then "
+            f"`python -m jaxproto.retrieve query --index INDEX --image {request.image} --out DIR` "
+            "writes the neighbours with SBSM/SimAtt/SimCAM saliency (index.html)"
+        )
+
+    def summarize(self, result):
+        """Leave-one-out retrieval metrics, one per line, with what each one counts."""
+        notes = {
+            "mAP": "trapezoid AP; the query counts at the last rank"
+            if self.config.loss.get("map_includes_self", True)
+            else "trapezoid AP; the query excluded",
+            "MAP@R": "mean average precision at R (R = other same-class items)",
+        }
+        keys = [k for k in result if isinstance(result[k], int | float | np.number)]
+        width = max((len(k) for k in keys), default=0)
+        lines = ["leave-one-out retrieval (Euclidean distance of unit embeddings)"]
+        for k in keys:
+            if k.startswith("R@"):
+                note = f"share of queries with a same-class item in the top {k[2:]}"
+            elif k.startswith("P@"):
+                note = f"mean share of same-class items in the top {k[2:]}"
+            else:
+                note = notes.get(k, "")
+            lines.append(
+                f"{k.ljust(width)}  {float(result[k]):.4f}" + (f"  ({note})" if note else "")
+            )
+        return "\n".join(lines)
+
+    @classmethod
+    def converters(cls):
+        run = functools.partial(convert.run, method_cls=cls)
+        return {"xmir": Converter(convert.HELP, convert.add_arguments, run)}
 
     def _anomaly_hook(self, ctx, state):
         """Centroid anomaly scores of the test split (§2.5) -> workdir/anomaly.json."""
@@ -193,7 +212,7 @@ class XmirMethod(Method):
         def embed(records):
             out = np.zeros((len(records), 0), np.float32)
             for idx, pred in ctx.stream_predictions(state, records):
-                e = np.asarray(jax.device_get(pred["embedding"]))[: len(idx)]
+                e = np.asarray(jax.device_get(pred[outputs.EMBEDDING]))[: len(idx)]
                 if out.shape[1] == 0:
                     out = np.zeros((len(records), e.shape[1]), np.float32)
                 out[idx] = e
@@ -223,50 +242,111 @@ class XmirMethod(Method):
 
     def gap_embed(self, variables, images):
         """The original insertion/deletion scorer's embedding: L2(GAP(A)), fc dropped (§5.1)."""
-        return l2_normalize(jax.nn.relu(self.features(variables, images)).mean(axis=(1, 2)))
+        return l2_normalize(self.features(variables, images).mean(axis=(1, 2)))
 
     def saliency_maps(
         self,
         variables,
         query,
         retrieved,
-        which=SALIENCY_METHODS,
+        which=SALIENCY_METHODS[:3],
+        settings: SaliencySettings | None = None,
         *,
-        sbsm_window=24,
-        sbsm_stride=5,
-        chunk_size=250,
+        negative=None,
+        query_mask=None,
         batch_sharding=None,
     ):
-        """Maps (H, W) of the *retrieved* image for each method in ``which`` (§4)."""
-        out = {}
+        """Maps (H, W) of the *retrieved* image for each method in ``which`` (§4).
+
+        ``negative`` (an image of another class) is needed by ``simatt_triplet``; ``query_mask``
+        ((H, W), 1 = the query region to match; default the whole query) by ``sbsm_mask``,
+        ``sbsm_blur``. ``self_*`` maps explain the retrieved image against itself."""
+        s = settings or SaliencySettings()
         unknown = set(which) - set(SALIENCY_METHODS)
         if unknown:
-            raise ValueError(
-                f"unknown saliency methods {sorted(unknown)}; valid: {SALIENCY_METHODS}"
+            raise UserError(
+                f"unknown saliency methods {sorted(unknown)}; valid: {', '.join(SALIENCY_METHODS)}"
             )
+        if "simatt_triplet" in which and negative is None:
+            raise UserError("simatt_triplet needs a negative image")
+        sbsm = {
+            "window": s.sbsm_window,
+            "stride": s.sbsm_stride,
+            "chunk_size": s.chunk_size,
+            "batch_sharding": batch_sharding,
+        }
+        out = {}
+        q = self.embed(variables, query[None])[0]
         if "sbsm" in which:
-            q = self.embed(variables, query[None])[0]
-            out["sbsm"] = saliency.sbsm_saliency(
+            out["sbsm"] = saliency.sbsm_saliency(self.embed, variables, q, retrieved, **sbsm)
+        for mode in ("mask", "blur"):
+            if f"sbsm_{mode}" in which:
+                mask = jnp.ones(query.shape[:2]) if query_mask is None else query_mask
+                masked = saliency.mask_query(query, mask, mode, float(s.blur_sigma))
+                qm = self.embed(variables, masked[None])[0]
+                out[f"sbsm_{mode}"] = saliency.sbsm_saliency(
+                    self.embed, variables, qm, retrieved, **sbsm
+                )
+        if "sbsm_feature" in which:
+            out["sbsm_feature"] = saliency.sbsm_feature_saliency(
+                self.head,
+                variables,
+                q,
+                self.features(variables, retrieved[None])[0],
+                retrieved.shape[:2],
+                window=s.feature_window,
+                stride=s.feature_stride,
+            )
+        if "simscorecam" in which:
+            out["simscorecam"] = saliency.simscorecam_saliency(
                 self.embed,
+                self.features,
                 variables,
                 q,
                 retrieved,
-                window=sbsm_window,
-                stride=sbsm_stride,
-                chunk_size=chunk_size,
+                masking=s.scorecam_masking,
+                chunk_size=s.chunk_size,
                 batch_sharding=batch_sharding,
             )
-        if "simatt" in which:
-            out["simatt"] = saliency.simatt_maps(
-                self.features, self.head, variables, query, retrieved
-            )[1]
-        if "simcam" in which:
-            feats = self.features(variables, jnp.stack([query, retrieved]))
-            fc = variables["params"].get("fc", {})
-            out["simcam"] = saliency.simcam_maps(
-                feats[0], feats[1], retrieved.shape[:2], fc.get("kernel"), fc.get("bias")
-            )[1]
-        return {k: np.asarray(v, np.float32) for k, v in out.items()}
+        pairs = {"simatt": (query, None), "simatt_triplet": (query, negative)}
+        pairs["self_simatt"] = (retrieved, None)
+        for name, (anchor, neg) in pairs.items():
+            if name in which:
+                out[name] = saliency.simatt_maps(
+                    self.features, self.head, variables, anchor, retrieved, neg
+                )[1]
+        for name, anchor in (("simcam", query), ("self_simcam", retrieved)):
+            if name in which:
+                feats = self.features(variables, jnp.stack([anchor, retrieved]))
+                fc = variables["params"].get("fc", {})
+                out[name] = saliency.simcam_maps(
+                    feats[0], feats[1], retrieved.shape[:2], fc.get("kernel"), fc.get("bias")
+                )[1]
+        if "self_sbsm" in which:
+            out["self_sbsm"] = saliency.sbsm_self_saliency(self.embed, variables, retrieved, **sbsm)
+        return {k: np.asarray(out[k], np.float32) for k in which}
+
+
+@dataclasses.dataclass(frozen=True)
+class SaliencySettings:
+    """The knobs of the saliency methods (``config.saliency``)."""
+
+    sbsm_window: int = 24
+    sbsm_stride: int = 5
+    chunk_size: int = 250  # masked images per batched forward (a multiple of the devices)
+    blur_sigma: float = 8.0  # SBSMMask "blur" (the original's default)
+    feature_window: int = 1  # feature-space SBSM: cells of the explanation layer
+    feature_stride: int = 1
+    scorecam_masking: str = "multiply"  # or "matmul_compat" (the original's torch.matmul)
+
+    @classmethod
+    def from_config(cls, s, chunk_multiple: int = 1) -> SaliencySettings:
+        """From ``config.saliency`` (missing keys take the defaults); ``chunk_size`` rounded
+        up to a multiple of ``chunk_multiple`` (the number of devices it is sharded over)."""
+        fields = {f.name: s.get(f.name, f.default) for f in dataclasses.fields(cls)}
+        m = max(1, int(chunk_multiple))
+        fields["chunk_size"] = max(m, -(-int(fields["chunk_size"]) // m) * m)
+        return cls(**fields)
 
 
 def _variables(state) -> dict:

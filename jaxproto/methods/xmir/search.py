@@ -17,46 +17,14 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from jaxproto.common.errors import DataError
+from jaxproto.core.logging import Progress
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 EMBEDDINGS_FILE = "embeddings.npy"
 MANIFEST_FILE = "manifest.json"
-
-
-def list_images(source: str) -> list[str]:
-    """Image paths from a folder (recursive, sorted) or a text file with one path per line
-    (relative paths are relative to the list file's folder)."""
-    if os.path.isdir(source):
-        paths = sorted(
-            os.path.join(root, name)
-            for root, _, names in os.walk(source)
-            for name in names
-            if name.lower().endswith(IMAGE_EXTENSIONS)
-        )
-        if not paths:
-            raise DataError(f"{source}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-        return paths
-    if not os.path.isfile(source):
-        raise DataError(f"{source}: no such folder or list file")
-    base = os.path.dirname(os.path.abspath(source))
-    paths = []
-    with open(source) as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            path = line if os.path.isabs(line) else os.path.join(base, line)
-            if not os.path.isfile(path):
-                raise DataError(f"{source}:{line_no}: image file {path!r} does not exist")
-            paths.append(path)
-    if not paths:
-        raise DataError(f"{source}: the list file names no images")
-    return paths
 
 
 def embed_images(
@@ -70,9 +38,8 @@ def embed_images(
     (the last batch padded to ``batch_size`` so one program serves every batch) and embedded
     with ``embed_batch`` (which shards the batch over devices)."""
     out = None
-    for start in tqdm(
-        range(0, len(paths), batch_size), desc="embedding", unit="batch", disable=not progress
-    ):
+    bar = Progress(len(paths), 0, "embedding", 1) if progress else None
+    for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         images = np.stack([load_example(p) for p in chunk])
         pad = batch_size - len(chunk)
@@ -82,6 +49,10 @@ def embed_images(
         if out is None:
             out = np.zeros((len(paths), emb.shape[1]), np.float32)
         out[start : start + len(chunk)] = emb
+        if bar is not None:
+            bar.update(start + len(chunk))
+    if bar is not None:
+        bar.close()
     if out is None:
         raise ValueError("no images to embed")
     return out

@@ -13,7 +13,7 @@ def test_report_namer_finds_the_distinguishing_word():
     rng = np.random.default_rng(0)
     words = ["ring", "cross", "stripes", "dots"]
     texts = []
-    for i in range(200):
+    for _ in range(200):
         picked = rng.choice(words, size=2, replace=False)
         texts.append(f"image shows {picked[0]} and {picked[1]}; follow up advised.")
     namer = naming.ReportNamer(texts, n_max=2)

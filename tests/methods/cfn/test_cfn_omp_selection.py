@@ -49,7 +49,7 @@ def _objective(s, subset):
 
 def test_lazy_greedy_equals_naive_greedy_and_is_near_optimal():
     rng = np.random.default_rng(3)
-    for trial in range(20):
+    for _ in range(20):
         n = int(rng.integers(4, 10))
         s = selection.cosine_matrix(rng.normal(size=(n, 3)))
         k = int(rng.integers(1, n))
