@@ -39,6 +39,15 @@ def eval_image(path: str, size: int, clip_norm: bool) -> np.ndarray:
     return normalise(_resize_crop(load_image(path), size), clip_norm)
 
 
+def random_rotation(img: np.ndarray, rng: np.random.Generator, degrees: float) -> np.ndarray:
+    """torchvision RandomRotation(degrees): uniform angle, about the centre, nearest, fill 0."""
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w * 0.5 - 0.5, h * 0.5 - 0.5), rng.uniform(-degrees, degrees), 1)
+    return cv2.warpAffine(
+        img, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+
+
 class TrainExample:
     """The augmentation above for record ``index`` (picklable for grain workers)."""
 
@@ -53,7 +62,7 @@ class TrainExample:
         record = self.records[int(index)]
         img = load_image(record.path)
         if self.degrees > 0:
-            img = transforms.random_affine(img, rng, self.degrees, 0.0, (1.0, 1.0), 0.0)
+            img = random_rotation(img, rng, self.degrees)
         if self.flip and rng.random() < 0.5:
             img = np.ascontiguousarray(img[:, ::-1])
         if self.blur[1] > 0:

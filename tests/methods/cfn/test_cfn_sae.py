@@ -5,12 +5,13 @@ import numpy as np
 import optax
 import pytest
 
+from jaxproto.common import config as common
 from jaxproto.core import parallel
 from jaxproto.methods.cfn import sae
 
 
 def _mesh():
-    return jax.make_mesh((len(jax.devices()), 1), ("data", "fsdp"))
+    return parallel.make_mesh(common.mesh_block())
 
 
 def test_loss_is_per_feature_mean_mse_plus_summed_l1():
