@@ -14,6 +14,7 @@ from jaxproto.backbones.classifier import Classifier
 from jaxproto.core import metrics as metrics_lib
 from jaxproto.core.method import ExplainRequest, Method, Phase
 from jaxproto.data import samplers
+from jaxproto.methods.cfn import cbm as cbm_lib
 from jaxproto.methods.cfn import data as data_lib
 from jaxproto.methods.cfn import explain as explain_lib
 from jaxproto.methods.cfn.stages import StageRunner
@@ -91,11 +92,7 @@ class CfnMethod(Method):
     def evaluate(self, predictions, records):
         labels = np.stack([r.labels for r in records])
         rep = metrics_lib.classification_report(labels, predictions["probs"], self.class_names())
-        scores = predictions["logits"]
-        if self.index.multilabel:
-            rep["accuracy"] = float(((scores > 0) == (labels > 0.5)).mean())
-        else:
-            rep["accuracy"] = metrics_lib.accuracy(labels.argmax(1), scores.argmax(1))
+        rep["accuracy"] = cbm_lib.accuracy(labels, predictions["logits"], self.index.multilabel)
         return rep
 
     def explain(self, state, request: ExplainRequest):
