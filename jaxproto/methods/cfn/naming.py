@@ -77,7 +77,8 @@ class ReportNamer:
             )
             var = 1.0 / (y + a) + 1.0 / (rest + a)
             out.append((gram, float(d / np.sqrt(var))))
-        out.sort(key=lambda t: (-t[1], t[0]))
+        # Equal evidence (e.g. 'red', 'ulcer', 'red ulcer' always together): the longest phrase.
+        out.sort(key=lambda t: (-round(t[1], 6), -len(t[0].split()), t[0]))
         return out
 
     def __call__(self, latent: int, texts: Sequence[str], images: Sequence[str]) -> str:
