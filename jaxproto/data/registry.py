@@ -16,6 +16,7 @@ import ml_collections
 
 from jaxproto.data import (
     chestxray14,
+    class2images,
     covidct,
     covidx,
     ddi,
@@ -25,6 +26,7 @@ from jaxproto.data import (
     kermany,
     odir,
     prepared,
+    primitives,
     synthetic,
     tbx11k,
     vindr,
@@ -46,6 +48,8 @@ LOADERS: dict[str, ModuleType] = {
     "covidct": covidct,
     "kermany": kermany,
     "fitzpatrick17k": fitzpatrick,
+    "class2images": class2images,
+    "primitives": primitives,
 }
 
 

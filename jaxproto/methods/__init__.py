@@ -19,6 +19,7 @@ from jaxproto.data.records import BadSampleReport, DatasetIndex
 
 _METHODS = {
     "baseline": "jaxproto.methods.baseline.method:BaselineMethod",
+    "cfn": "jaxproto.methods.cfn.method:CfnMethod",
     "cipl": "jaxproto.methods.cipl.method:CiplMethod",
     "csr": "jaxproto.methods.csr.method:CsrMethod",
     "medmicn": "jaxproto.methods.medmicn.method:MedMicnMethod",
