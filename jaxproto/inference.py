@@ -59,8 +59,7 @@ def load_for_inference(
         raise CheckpointError("give exactly one of --workdir or --export")
     if export is not None:
         config, meta, state = read_export(export)
-        with open(os.path.join(export, "manifest.json")) as f:
-            digest = json.load(f)["sha256"]
+        digest = config_lib.read_json(os.path.join(export, "manifest.json"), ExportError)["sha256"]
         provenance = {"source": export, "kind": "export", "id": f"export sha256 {digest[:12]}"}
         folder = export
     else:
@@ -88,8 +87,7 @@ def read_thresholds(folder: str) -> dict | None:
     path = os.path.join(folder, THRESHOLDS_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        data = json.load(f)
+    data = config_lib.read_json(path, CheckpointError)
     if not isinstance(data, dict) or not isinstance(data.get("classes"), dict):
         raise CheckpointError(f"{path}: expected {{'split', 'criterion', 'classes': {{...}}}}")
     return data
@@ -190,8 +188,9 @@ def read_export(folder: str) -> tuple[ml_collections.ConfigDict, dict, dict]:
     manifest_path = os.path.join(folder, "manifest.json")
     if not os.path.isfile(manifest_path):
         raise ExportError(f"{folder}: no manifest.json — not a jaxproto export")
-    with open(manifest_path) as f:
-        manifest = json.load(f)
+    manifest = config_lib.read_json(manifest_path, ExportError)
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{manifest_path}: expected a JSON object (an export manifest)")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ExportError(
@@ -209,10 +208,10 @@ def read_export(folder: str) -> tuple[ml_collections.ConfigDict, dict, dict]:
         raise ExportError(
             f"{folder}: checksum mismatch — the export was modified after it was written"
         )
-    with open(os.path.join(folder, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with open(os.path.join(folder, "dataset.json")) as f:
-        meta = json.load(f)
+    config = ml_collections.ConfigDict(
+        config_lib.read_json(os.path.join(folder, "config.json"), ExportError)
+    )
+    meta = config_lib.read_json(os.path.join(folder, "dataset.json"), ExportError)
     with open(os.path.join(folder, "variables.msgpack"), "rb") as f:
         state = flax.serialization.msgpack_restore(f.read())
     for key in ckpt_lib.INFERENCE_KEYS:

@@ -156,9 +156,21 @@ def load_saved_config(workdir_or_file: str) -> ml_collections.ConfigDict:
         path = os.path.join(path, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"no config.json at {path!r}: is this a jaxproto workdir or export?")
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object (a saved config)")
     return ml_collections.ConfigDict(data)
+
+
+def read_json(path: str, error: type[Exception] = ConfigError):
+    """The parsed JSON file at ``path``; a file that is not valid JSON is ``error`` naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a text JSON file ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
 
 def leaf_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -222,6 +234,8 @@ def train_block(**overrides) -> ml_collections.ConfigDict:
     c.best_mode = "max"
     c.worker_count = 0  # grain worker processes for decoding/augmentation
     c.max_steps = 0  # >0 stops the whole run after this many steps (debugging, tests)
+    # Resume a workdir whose config differs in keys that do not change the state's structure.
+    c.allow_config_change = False
     c.update(overrides)
     return c
 

@@ -14,6 +14,7 @@ from configs import xmir_isic
 from jaxproto import explain, inference, retrieve
 from jaxproto.common import cli
 from jaxproto.core import workdir as workdir_lib
+from jaxproto.core.method import ExplainRequest
 from jaxproto.data.images import load_image
 from jaxproto.methods import build_trainer
 from jaxproto.methods.cipl import config as cipl_config
@@ -80,8 +81,9 @@ def test_csr_explanation_page(tmp_path, page_check, artifacts):
     config.train.eval_batch_size = 16
     trainer, _, exp = _train_export(config, tmp_path)
     image, out = _test_image(trainer, tmp_path), str(tmp_path / "report")
-    argv = ["--export", exp, "--image", image, "--out", out, "--negative_box", "0,0,20,20"]
-    assert cli.run(explain.main, argv) == 0
+    _, method, state = inference.load_for_inference(export=exp)
+    request = ExplainRequest(image, out, exp, negative_boxes=((0.0, 0.0, 20.0, 20.0),))
+    method.explain(state, request)
     result = json.load(open(os.path.join(out, "result.json")))
     assert any(r["threshold"] is not None for r in result["decisions_before"])
     texts = _decision_texts(result["decisions_before"]) + ["Decision", "Threshold"]

@@ -93,3 +93,16 @@ def test_saved_config_round_trips(tmp_path):
     config_lib.save_config(c, str(tmp_path))
     back = config_lib.load_saved_config(str(tmp_path))
     assert back.a == 1 and json.loads((tmp_path / "config.json").read_text())["b"]["c"]
+
+
+def test_read_json_names_the_file_and_position_of_broken_json(tmp_path):
+    from jaxproto.common import config as config_lib
+    from jaxproto.common.errors import CheckpointError, ConfigError
+
+    bad = tmp_path / "config.json"
+    bad.write_text('{"method": "cipl",\n "model": }')
+    with pytest.raises(ConfigError, match=r"config.json: invalid JSON at line 2, column 11"):
+        config_lib.load_saved_config(str(tmp_path))
+    with pytest.raises(CheckpointError, match="manifest.json: not a text JSON file"):
+        (tmp_path / "manifest.json").write_bytes(b"\xff\xfe\x00garbage")
+        config_lib.read_json(str(tmp_path / "manifest.json"), CheckpointError)

@@ -68,14 +68,19 @@ class CsrExample:
         self.train = train
         self.augment = CsrTrainTransform(self.image_size)
 
+    @staticmethod
+    def image(record: Record, image_size: int) -> np.ndarray:
+        """The test-time input of one record (eval transform), float32."""
+        x = transforms.eval_transform(load_image(record.path), image_size)
+        return np.ascontiguousarray(x, np.float32)
+
     def example(self, record: Record, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        image = load_image(record.path)
         if self.train:
-            x = self.augment(image, rng)
+            x = np.ascontiguousarray(self.augment(load_image(record.path), rng), np.float32)
         else:
-            x = transforms.eval_transform(image, self.image_size)
+            x = self.image(record, self.image_size)
         return {
-            "image": np.ascontiguousarray(x, np.float32),
+            "image": x,
             "concepts": concepts_of(record, self.num_concepts),
             "label": np.int32(target_of(record)),
         }

@@ -283,7 +283,8 @@ class CsrMethod(Method):
 
     # ------------------------------------------------------------------ inference
     def eval_example(self, record: Record) -> dict[str, np.ndarray]:
-        return CsrExample([], self.image_size, self.num_concepts, train=False).example(record, None)
+        # Only the image: predict runs on unlabelled images; evaluate reads labels from records.
+        return {"image": CsrExample.image(record, self.image_size)}
 
     def predict(self, state, batch) -> dict[str, jax.Array]:
         return predict_outputs(self.model, state, batch["image"], self.config.model.clip_negative)
