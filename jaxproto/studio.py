@@ -51,16 +51,6 @@ def parse_ids(text: str) -> list[int]:
         raise UserError(f"--prune {text!r}: expected comma-separated prototype ids") from None
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        x, y, w, h = (float(t) for t in text.split(","))
-    except ValueError:
-        raise UserError(f"--prune_marker {text!r}: expected x,y,w,h") from None
-    if w <= 0 or h <= 0:
-        raise UserError(f"--prune_marker {text!r}: width and height must be positive")
-    return x, y, w, h
-
-
 def make_handler(app: StudioApp, token: str | None):
     """The request handler class serving ``app`` (one request at a time through a lock)."""
     lock = threading.Lock()
@@ -192,7 +182,9 @@ def run_prune(args, config, method, state, source: str, atlas: str) -> int:
     train, test = index.split("train"), index.split("test")
     ids = parse_ids(args.prune) if args.prune else []
     if args.prune_marker:
-        found = prune_lib.prototypes_in_box(method, state, train, parse_box(args.prune_marker))
+        found = prune_lib.prototypes_in_box(
+            method, state, train, cli.parse_box(args.prune_marker, "--prune_marker")
+        )
         log.info("prototypes whose atlas patch lies in the box: %s", found)
         ids = sorted(set(ids) | set(found))
     if not ids:

@@ -15,6 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
+
+from jaxproto.common.errors import CheckpointError
 
 PyTree = Any
 
@@ -114,3 +117,24 @@ def state_leaf_names(state: PyTree) -> PyTree:
         return name
 
     return map_with_names(one, state)
+
+
+def check_like(name: str, got: PyTree, want: PyTree, hint: str = "") -> None:
+    """``got`` has ``want``'s tree structure and leaf shapes (e.g. converted weights against the
+    model's), else a CheckpointError naming the first mismatches and ``hint`` (what to check)."""
+    flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+    flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+    tail = f" ({hint})" if hint else ""
+    if flat_got.keys() != flat_want.keys():
+        missing = sorted(map(jax.tree_util.keystr, flat_want.keys() - flat_got.keys()))
+        extra = sorted(map(jax.tree_util.keystr, flat_got.keys() - flat_want.keys()))
+        raise CheckpointError(
+            f"{name}: converted tree differs from the model: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}{tail}"
+        )
+    for path, w in flat_want.items():
+        if tuple(np.shape(flat_got[path])) != tuple(np.shape(w)):
+            raise CheckpointError(
+                f"{name}{jax.tree_util.keystr(path)}: checkpoint shape "
+                f"{np.shape(flat_got[path])}, model expects {tuple(np.shape(w))}{tail}"
+            )

@@ -160,3 +160,27 @@ def multi_hot(indices: Sequence[int], num: int) -> np.ndarray:
     v = np.zeros((num,), np.float32)
     v[list(indices)] = 1.0
     return v
+
+
+def single_class(record: Record, method: str) -> int:
+    """The record's one task class (arg-max of its labels); DataError naming the record when it
+    has no positive class. ``method`` names who needs it, for the message."""
+    labels = np.asarray(record.labels)
+    if labels.ndim != 1 or labels.sum() < 0.5:
+        raise DataError(
+            f"record {record.image_id!r} ({record.path}): labels {labels.tolist()} have no "
+            f"positive class ({method} expects a one-hot class vector)"
+        )
+    return int(np.argmax(labels))
+
+
+def concept_vector(record: Record, num_concepts: int, method: str) -> np.ndarray:
+    """The record's ``num_concepts`` concept labels as float32; DataError naming the record when
+    they are missing or mis-sized (``method`` names who needs them)."""
+    if record.concepts is None or np.shape(record.concepts) != (num_concepts,):
+        got = None if record.concepts is None else np.shape(record.concepts)
+        raise DataError(
+            f"record {record.image_id!r} ({record.path}): concepts {got}, expected a vector "
+            f"of {num_concepts} concept labels ({method} needs concept annotations)"
+        )
+    return np.asarray(record.concepts, np.float32)

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from jaxproto.backbones import convert_state_dict, read_state_dict
+from jaxproto.common import trees
 from jaxproto.common.config import load_config_file
 from jaxproto.core import checkpoint, trainer, workdir
 from jaxproto.core.method import Method
@@ -33,6 +34,8 @@ from jaxproto.data.synthetic import LIKES
 log = logging.getLogger(__name__)
 
 HELP = "official CIPL state_dict (student + EMA teacher) -> an evaluable jaxproto workdir"
+
+_SHAPE_HINT = "check model.prototypes_per_class, proto_dim and the class count"
 
 
 def _conv(w: np.ndarray) -> np.ndarray:
@@ -76,25 +79,6 @@ def _branch(sd: dict, suffix: str, arch: str) -> tuple[dict, dict]:
     return params, {"backbone": bb["batch_stats"]}
 
 
-def _check_like(name: str, got, want) -> None:
-    flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
-    flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
-    if flat_got.keys() != flat_want.keys():
-        missing = sorted(map(jax.tree_util.keystr, flat_want.keys() - flat_got.keys()))
-        extra = sorted(map(jax.tree_util.keystr, flat_got.keys() - flat_want.keys()))
-        raise ValueError(
-            f"{name}: converted tree differs from the model: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}"
-        )
-    for path, w in flat_want.items():
-        if tuple(np.shape(flat_got[path])) != tuple(w.shape):
-            raise ValueError(
-                f"{name}{jax.tree_util.keystr(path)}: checkpoint shape "
-                f"{np.shape(flat_got[path])}, model expects {tuple(w.shape)} "
-                "(check model.prototypes_per_class, proto_dim and the class count)"
-            )
-
-
 def convert_official(
     state_dict: Mapping[str, np.ndarray],
     config: ml_collections.ConfigDict,
@@ -123,7 +107,12 @@ def convert_official(
     }
     if template is not None:
         for key in ("params", "batch_stats", "extra"):
-            _check_like(key, state[key], template[key])
+            trees.check_like(
+                key,
+                state[key],
+                template[key],
+                "check model.prototypes_per_class, proto_dim and the class count",
+            )
     return jax.tree.map(lambda x: np.asarray(x, np.float32), state)
 
 

@@ -8,32 +8,19 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from jaxproto.common.errors import DataError
 from jaxproto.data import transforms
 from jaxproto.data.images import load_image
-from jaxproto.data.records import Record
+from jaxproto.data.records import Record, concept_vector, single_class
 
 
 def target_of(record: Record) -> int:
-    """The single task class of a record (CSR's head is a softmax over classes, spec §3.3)."""
-    labels = np.asarray(record.labels)
-    if labels.ndim != 1 or labels.sum() < 0.5:
-        raise DataError(
-            f"record {record.image_id!r} ({record.path}): labels {labels.tolist()} have no "
-            "positive class (expected a one-hot class vector)"
-        )
-    return int(np.argmax(labels))
+    """The record's single task class (spec: a softmax over classes)."""
+    return single_class(record, "CSR")
 
 
 def concepts_of(record: Record, num_concepts: int) -> np.ndarray:
-    """The record's K concept labels as float32; DataError if missing or mis-sized."""
-    if record.concepts is None or np.shape(record.concepts) != (num_concepts,):
-        raise DataError(
-            f"record {record.image_id!r} ({record.path}): concepts "
-            f"{None if record.concepts is None else np.shape(record.concepts)}, expected a vector "
-            f"of {num_concepts} concept labels (CSR needs concept annotations)"
-        )
-    return np.asarray(record.concepts, np.float32)
+    """The record's concept labels (float32); DataError naming the record otherwise."""
+    return concept_vector(record, num_concepts, "CSR")
 
 
 class CsrTrainTransform:

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from jaxproto.backbones import convert_state_dict, read_state_dict
+from jaxproto.common import trees
 from jaxproto.common.config import load_config_file
 from jaxproto.common.errors import CheckpointError
 from jaxproto.core import checkpoint, trainer, workdir
@@ -44,6 +45,8 @@ _NAMES = {
     "kermany": (kermany.CLASS_NAMES, "kermany_concepts"),
     "fitzpatrick17k": (fitzpatrick.CLASS_NAMES, "fitzpatrick_concepts"),
 }
+
+_SHAPE_HINT = "check model.backbone, emb_size, the concept list, pre_proj_dim and fusion_hidden"
 
 
 def _linear(sd: dict, prefix: str) -> dict:
@@ -97,26 +100,6 @@ def convert_official(
     return {"params": params, "batch_stats": {"backbone": bb["batch_stats"]}}
 
 
-def check_like(name: str, got, want) -> None:
-    """Same tree structure and leaf shapes, else a CheckpointError naming the first mismatches."""
-    flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
-    flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
-    if flat_got.keys() != flat_want.keys():
-        missing = sorted(map(jax.tree_util.keystr, flat_want.keys() - flat_got.keys()))
-        extra = sorted(map(jax.tree_util.keystr, flat_got.keys() - flat_want.keys()))
-        raise CheckpointError(
-            f"{name}: converted tree differs from the model: missing {missing[:5]}, "
-            f"unexpected {extra[:5]} (check model.backbone, pre_proj_dim, fusion_hidden)"
-        )
-    for path, w in flat_want.items():
-        if tuple(np.shape(flat_got[path])) != tuple(w.shape):
-            raise CheckpointError(
-                f"{name}{jax.tree_util.keystr(path)}: checkpoint shape {np.shape(flat_got[path])}"
-                f", model expects {tuple(w.shape)} (check emb_size, the concept list, "
-                "pre_proj_dim and fusion_hidden)"
-            )
-
-
 def index_for_config(config: ml_collections.ConfigDict) -> DatasetIndex:
     """Class and concept names of the config's dataset, without reading any data."""
     d = config.data
@@ -152,7 +135,12 @@ def run(args: argparse.Namespace, method_cls) -> int:
     state = trainer.init_state(method, optimizers, int(config.train.seed))
     converted = convert_official(read_state_dict(args.input), config)
     for key in ("params", "batch_stats"):
-        check_like(key, converted[key], state[key])
+        trees.check_like(
+            key,
+            converted[key],
+            state[key],
+            "check model.backbone, emb_size, the concept list, pre_proj_dim and fusion_hidden",
+        )
     state.update(jax.tree.map(lambda x: np.asarray(x, np.float32), converted))
     state["opt"] = {name: tx.init(state["params"]) for name, tx in optimizers.items()}
     checkpoint.write_initial_checkpoint(args.out, config, state, workdir.dataset_meta(index))

@@ -7,34 +7,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxproto.common.errors import DataError
 from jaxproto.data import transforms
 from jaxproto.data.images import load_image
-from jaxproto.data.records import Record
+from jaxproto.data.records import Record, concept_vector, single_class
 
 AUGMENTS = ("none", "flip")
 
 
 def target_of(record: Record) -> int:
-    """The record's single class; DataError when its labels are not one-hot."""
-    labels = np.asarray(record.labels)
-    if labels.ndim != 1 or abs(float(labels.sum()) - 1.0) > 1e-6:
-        raise DataError(
-            f"record {record.image_id!r} ({record.path}): labels {labels.tolist()} are not "
-            "one class (Med-MICN is a single-label classifier)"
-        )
-    return int(np.argmax(labels))
+    """The record's single task class (spec: a softmax over classes)."""
+    return single_class(record, "Med-MICN")
 
 
 def concepts_of(record: Record, num_concepts: int) -> np.ndarray:
-    """The record's concept labels (float32, N); DataError naming the record otherwise."""
-    if record.concepts is None or np.shape(record.concepts) != (num_concepts,):
-        got = None if record.concepts is None else np.shape(record.concepts)
-        raise DataError(
-            f"record {record.image_id!r} ({record.path}): concepts {got}, expected "
-            f"{num_concepts} concept labels (Med-MICN needs a concept table for training)"
-        )
-    return np.asarray(record.concepts, np.float32)
+    """The record's concept labels (float32); DataError naming the record otherwise."""
+    return concept_vector(record, num_concepts, "Med-MICN")
 
 
 def preprocess(image: np.ndarray, image_size: int, resize: int) -> np.ndarray:
