@@ -10,12 +10,39 @@ TASK_LOSSES = ("ce_on_sigmoid", "ce_on_logits")
 LOG_CLAMP = -100.0  # torch.nn.BCELoss clamps each log term at -100
 
 
+TORCH_BCE_GRAD_EPS = 1e-12  # torch's BCELoss backward divides by max(p·(1−p), 1e-12)
+
+
+@jax.custom_vjp
 def bce(probs: jax.Array, targets: jax.Array) -> jax.Array:
     """torch BCELoss on probabilities: mean of −[y·log p + (1−y)·log(1−p)], logs clamped at −100
-    (a saturated ŷ_neural would otherwise give inf)."""
+    (a saturated ŷ_neural would otherwise give inf), with torch's backward
+    (p − y) / max(p·(1 − p), 1e-12) / n, finite where the Gödel min/max makes p exactly 0 or 1
+    (autodiff through the clamp gives 0·inf = NaN there)."""
+    return _bce_value(probs, targets)
+
+
+def _bce_value(probs: jax.Array, targets: jax.Array) -> jax.Array:
     log_p = jnp.maximum(jnp.log(probs), LOG_CLAMP)
     log_q = jnp.maximum(jnp.log1p(-probs), LOG_CLAMP)
     return -jnp.mean(targets * log_p + (1.0 - targets) * log_q)
+
+
+def _bce_fwd(probs, targets):
+    return _bce_value(probs, targets), (probs, targets)
+
+
+def _bce_bwd(res, g):
+    probs, targets = res
+    scale = g / probs.size
+    d_probs = scale * (probs - targets) / jnp.maximum(probs * (1.0 - probs), TORCH_BCE_GRAD_EPS)
+    d_targets = scale * (
+        jnp.maximum(jnp.log1p(-probs), LOG_CLAMP) - jnp.maximum(jnp.log(probs), LOG_CLAMP)
+    )
+    return d_probs, d_targets
+
+
+bce.defvjp(_bce_fwd, _bce_bwd)
 
 
 def task_loss(fused_logits: jax.Array, labels: jax.Array, mode: str) -> jax.Array:

@@ -204,3 +204,17 @@ def test_protocol_metrics_against_numpy():
     fair = evaluation.protocol_metrics("fair", fused, fused, cp, labels, cc)
     assert fair["task_accuracy"] == pytest.approx(np.mean(fused.argmax(1) == labels))
     assert fair["auc"] == pytest.approx(np.mean([auc(onehot[:, j], fused[:, j]) for j in range(2)]))
+
+
+@pytest.mark.torch
+def test_bce_gradient_is_torch_s_and_finite_at_saturated_probabilities():
+    torch = pytest.importorskip("torch")
+    p = np.array([0.0, 1.0, 0.3, 1.0, 0.0, 0.999], np.float32)
+    y = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], np.float32)
+    tp = torch.tensor(p, requires_grad=True)
+    want = torch.nn.functional.binary_cross_entropy(tp, torch.tensor(y))
+    want.backward()
+    value, grad = jax.value_and_grad(losses.bce)(jnp.asarray(p), jnp.asarray(y))
+    assert np.isfinite(np.asarray(grad)).all()
+    np.testing.assert_allclose(float(value), want.item(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad), tp.grad.numpy(), rtol=1e-5)
