@@ -208,7 +208,10 @@ def task_from_concepts(like: str, concepts: np.ndarray) -> int:
 
     isic2017: melanoma iff streaks or negative network; else seborrheic keratosis iff milia-like
     cysts; else nevus. tbx11k: TB iff any tuberculosis lesion; else sick iff any other finding;
-    else healthy. covidx: COVID-19 iff ground glass; else pneumonia iff consolidation."""
+    else healthy. covidx: COVID-19 iff ground glass; else pneumonia iff consolidation. The
+    ``*_concepts`` looks follow their ``CONCEPT_RULES`` entry."""
+    if like in CONCEPT_RULES:  # the Med-MICN looks: a planted logical rule (ConceptRule)
+        return CONCEPT_RULES[like].label(concepts)
     c = np.asarray(concepts) > 0.5
     if like == "isic2017":
         return 2 if (c[2] or c[3]) else (1 if c[0] else 0)

@@ -164,7 +164,7 @@ def test_predict_takes_several_files_and_folders(trained, tmp_path):
     assert cli.run(predict.main, argv) == 0
     rows = list(csv.reader(open(tmp_path / "p.csv")))
     assert [r[0] for r in rows[1:]] == [files[0], files[1], *files, files[2]]
-    assert os.listdir(tmp_path) == ["p.csv"]  # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == ["p.csv", "p_ood.csv"]  # no temporary files left
 
 
 def test_predict_refuses_an_unwritable_out_before_loading(trained, tmp_path, capsys):
