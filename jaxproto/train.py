@@ -104,9 +104,10 @@ def dry_run(config) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = cli.parse(build_parser(), argv)
     config = cli.load_config(args)
-    validate.validate_config(config, methods.method_names())
     log_lib.setup_logging()
+    # Before anything touches the devices (validation builds the mesh to check the batch size).
     parallel.initialize_distributed(config.get("distributed"))
+    validate.validate_config(config, methods.method_names())
     if args.dry_run:
         sys.stdout.write(dry_run(config) + "\nconfig and data OK; nothing was written\n")
         return 0
