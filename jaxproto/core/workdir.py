@@ -69,7 +69,8 @@ def index_from_meta(meta: dict) -> DatasetIndex:
 CONFIG_FILE = "config.json"
 # Keys whose change alters the train state's structure: never resumed across.
 STATE_KEYS = ("method", "model", "data.name", "data.like")
-_IGNORED_KEYS = ("train.allow_config_change",)
+# Keys a resumed run may change freely: the flag itself, and where to stop (extending a run).
+_IGNORED_KEYS = ("train.allow_config_change", "train.max_steps")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

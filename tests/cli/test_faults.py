@@ -142,6 +142,12 @@ def test_allowed_change_keeps_a_config_history(run, repo_root, tmp_path):
     assert json.loads((wd / "config.1.json").read_text())["optim"]["lr"] == 0.5
 
 
+def test_extending_a_run_with_max_steps_needs_no_flag(run, repo_root, tmp_path):
+    wd = _copy(run, tmp_path)
+    longer = _config(repo_root, [("train.max_steps", "12345")])
+    assert workdir.check_config_change(str(wd), longer) == []
+
+
 def test_lock_names_the_holder_and_takes_over_a_stale_one(tmp_path, caplog):
     wd = str(tmp_path / "wd")
     with workdir.lock(wd):

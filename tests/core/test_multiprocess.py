@@ -125,7 +125,6 @@ def test_killed_process_stops_the_others_within_a_minute(repo_root, tmp_path):
         "--config",
         CONFIG,
         *OVERRIDES,
-        "--config.train.epochs=1000",
         "--config.distributed.heartbeat_timeout_s=10",
         "--workdir",
         str(workdir),
