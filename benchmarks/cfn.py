@@ -2,7 +2,7 @@
 opaque classifier), SAE training steps/s at F = 8192 (D = 1024, batch 4096) and OMP rebuilds/s
 (K = 800 CAVs, 160 atoms).
 
-  python benchmarks/cfn.py [--backbone densenet121] [--image-size 224] [--repeats 5]
+  python benchmarks/cfn.py [--backbone densenet121|vit_b_16|...] [--image-size 224] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import optax
 from jaxproto.backbones.classifier import Classifier
 from jaxproto.common import config as common
 from jaxproto.core import parallel
+from jaxproto.methods.cfn import config as cfn_config
 from jaxproto.methods.cfn import omp, sae
 
 
@@ -47,7 +48,8 @@ def main() -> None:
     mesh = parallel.make_mesh(common.mesh_block())
     dev = {"devices": mesh.size, "platform": jax.devices()[0].platform}
 
-    net = Classifier(a.backbone, "final_relu" if "densenet" in a.backbone else "layer4", 7)
+    tap = next(t for family, t in cfn_config.TAPS.items() if a.backbone.startswith(family))
+    net = Classifier(a.backbone, tap, 7)
     x = jnp.zeros((a.batch, a.image_size, a.image_size, 3), jnp.float32)
     variables = net.init(jax.random.key(0), x[:1])
     embed = jax.jit(lambda v, im: net.apply(v, im, train=False)[1])

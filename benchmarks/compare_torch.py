@@ -1,18 +1,25 @@
-"""jaxproto vs PyTorch, side by side: the same CIPL step of the same model in one process.
+"""jaxproto vs PyTorch, side by side: the same training step of the same model in one process.
 
 CIPL on DenseNet-121 (cipl.md §1: pre-norm5 tap, biased 1x1 top layer, sigmoid add-on, squared-L2
 prototype layer, last layer) with the joint Adam step of the warm-up (background CE + cluster +
 separation) and of the main stage (pairs, EMA teacher forward on the re-views, co-attention CE,
-interpretation and prediction alignment), and the eval forward. The PyTorch side is written here
-from the spec on the test suite's torchvision-layout DenseNet (``tests/torch_reference_models``);
-the jaxproto side is ``core.trainer.make_train_step`` of ``CiplMethod``'s phases. Both get the
-same random batch and the same number of threads; repetitions alternate between the two
-frameworks so machine noise hits both. One JSON line per step kind: images/s of each (median
-over repetitions) and their ratio (jaxproto / torch; > 1 means jaxproto is faster).
+interpretation and prediction alignment), and the eval forward; and the black-box baseline on
+ResNet-50 (backbone -> GAP -> linear, multi-label BCE, AdamW) step and forward. The PyTorch side
+is written here from the spec on the test suite's torchvision-layout DenseNet and ResNet
+(``tests/torch_reference_models``); the jaxproto side is ``core.trainer.make_train_step`` of the
+methods' phases. Both get the same random batch and the same number of threads; repetitions
+alternate between the two frameworks so machine noise hits both. One JSON line per step kind:
+images/s of each (median over repetitions) and their ratio (jaxproto / torch; > 1 means jaxproto
+is faster).
 
     python benchmarks/compare_torch.py                      # 224 px, batch 4, all cores
     python benchmarks/compare_torch.py --threads 2 --repeats 5
-    python benchmarks/compare_torch.py --backbone densenet_tiny --image-size 64 --repeats 1  # smoke
+    python benchmarks/compare_torch.py --backbone densenet_tiny --baseline-backbone resnet_tiny \
+        --image-size 64 --repeats 1                          # smoke
+    python benchmarks/compare_torch.py --steps cipl_warmup,baseline_train   # a subset
+    python benchmarks/compare_torch.py --steps conv1x1_56_grad,xla_conv1x1_56_grad  # one layer
+
+XLA flags given in the environment (``XLA_FLAGS=...``) are kept and reported.
 """
 
 from __future__ import annotations
@@ -43,15 +50,20 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+import flax.linen as fnn  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from jaxproto.backbones import layers, resnet  # noqa: E402
 from jaxproto.backbones.densenet import CONFIGS  # noqa: E402
 from jaxproto.core.trainer import init_state, make_train_step  # noqa: E402
 from jaxproto.data.records import DatasetIndex  # noqa: E402
+from jaxproto.methods.baseline import config as baseline_config  # noqa: E402
+from jaxproto.methods.baseline.method import BaselineMethod  # noqa: E402
 from jaxproto.methods.cipl import config as cipl_config  # noqa: E402
 from jaxproto.methods.cipl.method import CiplMethod  # noqa: E402
 from tests import torch_reference_models as ref  # noqa: E402
@@ -214,6 +226,30 @@ class TorchCipl:
         return self.net.classify(self.net.embed(images))["logits"]
 
 
+class TorchBaseline:
+    """torchvision-layout ResNet -> GAP -> Linear, multi-label BCE, AdamW (the baseline)."""
+
+    def __init__(self, method: BaselineMethod):
+        cfg = resnet.CONFIGS[method.config.model.backbone]
+        block = ref.Bottleneck if cfg["block"] == "bottleneck" else ref.BasicBlock
+        self.net = ref.ResNet(block, cfg["layers"], cfg["widths"], method.index.num_classes)
+        o = method.config.optim
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+    def train_step(self, batch) -> None:
+        self.net.train()
+        logits = self.net(batch["image"])["logits"]
+        loss = F.binary_cross_entropy_with_logits(logits, batch["labels"])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    @torch.no_grad()
+    def forward(self, images) -> torch.Tensor:
+        self.net.eval()
+        return self.net(images)["logits"]
+
+
 # ----------------------------------------------------------------------------- harness
 
 
@@ -256,6 +292,145 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
+def _jax_runner(step, holder: dict, key: str, batch: dict):
+    def run():
+        holder[key], metrics = step(holder[key], batch)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def _cipl_runs(args, rng) -> dict:
+    """name -> (jaxproto callable, torch callable, images per call, model name)."""
+    config = cipl_config.get_config(
+        "chestxray14", f"image_size={args.image_size},backbone={args.backbone}"
+    )
+    names = [f"class{k}" for k in range(15)]
+    method = CiplMethod(config, DatasetIndex("bench", names, {}, background_class=14))
+    optimizers = method.optimizers(steps_per_epoch=1000)
+    phases = {p.loss: p for p in method.phases() if p.loss in ("warmup", "main")}
+    holder = {"state": jax.jit(lambda: init_state(method, optimizers, 0))()}
+    steps = {
+        name: jax.jit(make_train_step(method, ph, optimizers[ph.optimizer]), donate_argnums=0)
+        for name, ph in phases.items()
+    }
+    forward = jax.jit(lambda s, x: method.apply_eval(s, x)["logits"])
+    tm = TorchCipl(method)
+    batches = _batches(method, args.image_size, args.batch, rng)
+    tbatches = {k: _to_torch(v) for k, v in batches.items()}
+    image = batches["warmup"]["image"]
+    model = f"cipl_{args.backbone}"
+    return {
+        "cipl_warmup": (
+            _jax_runner(steps["warmup"], holder, "state", batches["warmup"]),
+            lambda: tm.warmup_step(tbatches["warmup"]),
+            args.batch,
+            model,
+        ),
+        "cipl_main": (
+            _jax_runner(steps["main"], holder, "state", batches["main"]),
+            lambda: tm.main_step(tbatches["main"]),
+            2 * args.batch,
+            model,
+        ),
+        "cipl_forward": (
+            lambda: jax.block_until_ready(forward(holder["state"], image)),
+            lambda: tm.forward(tbatches["warmup"]["image"]),
+            args.batch,
+            model,
+        ),
+    }
+
+
+def _baseline_runs(args, rng) -> dict:
+    config = baseline_config.get_config(
+        "odir", f"image_size={args.image_size},backbone={args.baseline_backbone}"
+    )
+    names = [f"class{k}" for k in range(8)]
+    method = BaselineMethod(config, DatasetIndex("bench", names, {}))
+    optimizers = method.optimizers(steps_per_epoch=1000)
+    (phase,) = method.phases()
+    holder = {"state": jax.jit(lambda: init_state(method, optimizers, 0))()}
+    step = jax.jit(make_train_step(method, phase, optimizers[phase.optimizer]), donate_argnums=0)
+    forward = jax.jit(lambda s, x: method.predict(s, {"image": x})["logits"])
+    tm = TorchBaseline(method)
+    batch = {
+        "image": rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(
+            np.float32
+        ),
+        "labels": (rng.random((args.batch, len(names))) < 0.3).astype(np.float32),
+    }
+    tbatch = _to_torch(batch)
+    model = f"baseline_{args.baseline_backbone}"
+    return {
+        "baseline_train": (
+            _jax_runner(step, holder, "state", batch),
+            lambda: tm.train_step(tbatch),
+            args.batch,
+            model,
+        ),
+        "baseline_forward": (
+            lambda: jax.block_until_ready(forward(holder["state"], batch["image"])),
+            lambda: tm.forward(tbatch["image"]),
+            args.batch,
+            model,
+        ),
+    }
+
+
+# DenseNet-121 convolutions at 224 px (scaled with --image-size): (name, map size, in, out, k)
+# block 1's widest bottleneck 1x1, block 2's, and the 3x3 growth convs of blocks 1 and 2.
+_CONVS = (
+    ("conv1x1_56", 56, 256, 128, 1),
+    ("conv1x1_28", 28, 512, 128, 1),
+    ("conv3x3_56", 56, 128, 32, 3),
+    ("conv3x3_28", 28, 128, 32, 3),
+)
+
+
+def _conv_runs(args, rng) -> dict:
+    """One convolution's forward + input and kernel gradients: as ``layers.Conv1x1`` (a matmul)
+    for 1x1 and ``layers.conv_no_bias`` for 3x3, as a plain XLA convolution (``xla_`` steps: how
+    the backbones compute 1x1 convolutions by default), and in torch."""
+    runs = {}
+    for name, hw, cin, cout, k in _CONVS:
+        hw = max(1, hw * args.image_size // 224)
+        x = rng.normal(size=(args.batch, hw, hw, cin)).astype(np.float32)
+        if k == 1:
+            conv = layers.Conv1x1(cout, use_bias=False, kernel_init=layers.kaiming_normal_fan_in)
+        else:
+            conv = layers.conv_no_bias(cout, k, 1, layers.kaiming_normal_fan_in, jnp.float32, "c")
+        plain = fnn.Conv(cout, (k, k), padding=((k // 2,) * 2,) * 2, use_bias=False)
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+        wt = torch.randn(cout, cin, k, k, requires_grad=True)
+
+        def torch_run(xt=xt, wt=wt, k=k):
+            F.conv2d(xt, wt, padding=k // 2).square().sum().backward()
+
+        for prefix, module in (("", conv), ("xla_", plain)):
+            params = module.init(jax.random.key(0), x)
+            grad = jax.jit(
+                jax.grad(lambda p, x, m=module: jnp.sum(jnp.square(m.apply(p, x))), argnums=(0, 1))
+            )
+            runs[f"{prefix}{name}_grad"] = (
+                lambda g=grad, p=params, x=x: jax.block_until_ready(g(p, x)),
+                torch_run,
+                args.batch,
+                "densenet121_layer",
+            )
+    return runs
+
+
+STEPS = (
+    "cipl_warmup",
+    "cipl_main",
+    "cipl_forward",
+    "baseline_train",
+    "baseline_forward",
+)
+CONV_STEPS = tuple(f"{p}{c[0]}_grad" for c in _CONVS for p in ("", "xla_"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
@@ -265,69 +440,57 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backbone", choices=sorted(CONFIGS), default="densenet121", help="densenet_tiny: smoke"
     )
+    parser.add_argument("--baseline-backbone", choices=sorted(resnet.CONFIGS), default="resnet50")
+    parser.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"comma-separated subset of {', '.join(STEPS + CONV_STEPS)}",
+    )
     args = parser.parse_args(argv)
+    wanted = [s for s in args.steps.split(",") if s]
+    unknown = sorted(set(wanted) - set(STEPS + CONV_STEPS))
+    if unknown:
+        parser.error(f"--steps: unknown {unknown}; valid: {', '.join(STEPS + CONV_STEPS)}")
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
+    runs = {}
+    if any(s.startswith("cipl_") for s in wanted):
+        runs.update(_cipl_runs(args, rng))
+    if any(s.startswith("baseline_") for s in wanted):
+        runs.update(_baseline_runs(args, rng))
+    if any(s in CONV_STEPS for s in wanted):
+        runs.update(_conv_runs(args, rng))
+    runs = {name: runs[name] for name in wanted}
 
-    config = cipl_config.get_config(
-        "chestxray14", f"image_size={args.image_size},backbone={args.backbone}"
-    )
-    names = [f"class{k}" for k in range(15)]
-    method = CiplMethod(config, DatasetIndex("bench", names, {}, background_class=14))
-    optimizers = method.optimizers(steps_per_epoch=1000)
-    phases = {p.loss: p for p in method.phases() if p.loss in ("warmup", "main")}
-    state = jax.jit(lambda: init_state(method, optimizers, 0))()
-    steps = {
-        name: jax.jit(make_train_step(method, ph, optimizers[ph.optimizer]), donate_argnums=0)
-        for name, ph in phases.items()
-    }
-    forward = jax.jit(lambda s, x: method.apply_eval(s, x)["logits"])
-    tm = TorchCipl(method)
-    batches = _batches(method, args.image_size, args.batch, rng)
-    tbatches = {k: _to_torch(v) for k, v in batches.items()}
-    images = {"warmup": args.batch, "main": 2 * args.batch, "forward": args.batch}
-
-    holder = {"state": state}
-
-    def jax_step(name):
-        def run():
-            holder["state"], metrics = steps[name](holder["state"], batches[name])
-            jax.block_until_ready(metrics)
-
-        return run
-
-    def jax_forward():
-        jax.block_until_ready(forward(holder["state"], batches["warmup"]["image"]))
-
-    runs = {
-        "warmup": (jax_step("warmup"), lambda: tm.warmup_step(tbatches["warmup"])),
-        "main": (jax_step("main"), lambda: tm.main_step(tbatches["main"])),
-        "forward": (jax_forward, lambda: tm.forward(tbatches["warmup"]["image"])),
-    }
-    compile_s = {name: _seconds(j) for name, (j, _) in runs.items()}  # first call: compile
-    for _, t in runs.values():
+    compile_s = {name: _seconds(j) for name, (j, *_) in runs.items()}  # first call: compile
+    for _, t, *_ in runs.values():
         t()  # torch warm-up (allocator, oneDNN primitive caches)
     times: dict[str, dict[str, list[float]]] = {n: {"jax": [], "torch": []} for n in runs}
     for _ in range(args.repeats):
-        for name, (j, t) in runs.items():  # interleaved: jax, torch, jax, torch, ...
+        for name, (j, t, *_) in runs.items():  # interleaved: jax, torch, jax, torch, ...
             times[name]["jax"].append(_seconds(j))
             times[name]["torch"].append(_seconds(t))
     for name, t in times.items():
-        jax_ips = images[name] / statistics.median(t["jax"])
-        torch_ips = images[name] / statistics.median(t["torch"])
+        images, model = runs[name][2], runs[name][3]
+        jax_ips = images / statistics.median(t["jax"])
+        torch_ips = images / statistics.median(t["torch"])
         _emit(
             bench="compare_torch",
-            model=f"cipl_{args.backbone}",
+            model=model,
             step=name,
             image_size=args.image_size,
             batch=args.batch,
-            images_per_step=images[name],
+            images_per_step=images,
             threads=args.threads,
             repeats=args.repeats,
             jaxproto_images_per_sec=jax_ips,
             torch_images_per_sec=torch_ips,
             ratio=jax_ips / torch_ips,
+            jaxproto_sec=t["jax"],
+            torch_sec=t["torch"],
             jaxproto_compile_sec=compile_s[name],
+            load_average=os.getloadavg(),
+            xla_flags=os.environ["XLA_FLAGS"],
             jax_version=jax.__version__,
             torch_version=torch.__version__,
         )

@@ -6,10 +6,12 @@
   and the straightforward per-mask loop (one jitted forward per masked image) in the same run;
   the loop is timed on ``--loop-masks`` masks and extrapolated to the full mask count;
 * ``index``: gallery embedding images/s (batched, sharded over the local devices);
-* ``query``: for each of ``--gallery-sizes`` synthetic 256-d unit vectors (clustered like class
-  embeddings): one-query latency (k = 10) of the exact search (gallery resident on the device,
-  :class:`search.ExactIndex`) and of FAISS (``--faiss``; recall@10 against the exact result),
-  and the exact search's throughput against a NumPy matmul + argpartition in the same run.
+* ``query``: for each of ``--gallery-sizes`` synthetic 256-d unit vectors (1000 clusters, like
+  class embeddings): one-query latency (k = 10; median and 90th percentile) of the exact search
+  (gallery resident on the device, :class:`search.ExactIndex`), of a NumPy matmul +
+  argpartition and of FAISS (``--faiss`` ivf,hnsw; recall@10 against the exact result), and the
+  exact search's throughput (a batch of ``--query-batch`` queries) against NumPy's, all in the
+  same run. ``python benchmarks/xmir.py --only query`` runs just these.
 
 Weights are random (timings do not depend on them).
 """
@@ -51,48 +53,72 @@ def _clustered(rng, n: int, dim: int, centres: np.ndarray) -> np.ndarray:
     return x
 
 
-def _latency_ms(fn, repeats: int) -> float:
+def _latency_ms(fn, repeats: int) -> tuple[float, float]:
+    """(median, 90th percentile) wall milliseconds of ``fn()`` over ``repeats`` calls after one
+    warm-up call (the median: other jobs on a shared machine inflate single calls)."""
     fn()  # compile / warm up
-    t = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        t = time.perf_counter()
         fn()
-    return 1000 * (time.perf_counter() - t) / repeats
+        times.append(1000 * (time.perf_counter() - t))
+    return float(np.median(times)), float(np.percentile(times, 90))
 
 
-def _query_bench(n: int, dim: int, faiss_kinds: str, repeats: int) -> None:
-    """Query latency (k = 10, one query) of exact search vs a NumPy matmul + argpartition,
-    exact throughput (queries/s for a batch of 64) vs NumPy, and FAISS latency + recall@10."""
+def _numpy_knn(g: np.ndarray, g2: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    """The baseline: one BLAS matmul against the gallery (its squared norms precomputed, as
+    :class:`search.ExactIndex` does), argpartition, then the k sorted."""
+    d2 = g2[None, :] - 2.0 * (q @ g.T)
+    part = np.argpartition(d2, k, axis=1)[:, :k]
+    return np.take_along_axis(part, np.argsort(np.take_along_axis(d2, part, 1), 1), 1)
+
+
+def _query_bench(n: int, dim: int, args: argparse.Namespace) -> None:
+    """Query latency (k = 10, one query) of the exact search vs a NumPy matmul + argpartition,
+    throughput (queries/s for a batch of ``--query-batch``) vs NumPy, FAISS latency + recall@10
+    against the exact result."""
+    k, repeats = 10, args.repeats_query
     rng = np.random.default_rng(2)
     centres = rng.standard_normal((1000, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     g = _clustered(rng, n, dim, centres)
-    queries = _clustered(rng, 64, dim, centres)
+    queries = _clustered(rng, args.query_batch, dim, centres)
     q1 = queries[:1]
     t = time.perf_counter()
     index = search.ExactIndex(g)
+    jax.block_until_ready(index.norms)
     build_s = time.perf_counter() - t
+    g2 = (g * g).sum(1)
 
-    def numpy_knn(q):
-        d2 = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * (q @ g.T)
-        part = np.argpartition(d2, 10, axis=1)[:, :10]
-        return np.take_along_axis(part, np.argsort(np.take_along_axis(d2, part, 1), 1), 1)
-
-    row = {"bench": "query", "gallery": n, "dim": dim, "k": 10}
-    row["exact_latency_ms"] = _latency_ms(lambda: index.search(q1, 10), repeats)
-    row["numpy_latency_ms"] = _latency_ms(lambda: numpy_knn(q1), repeats)
-    batch_exact = _latency_ms(lambda: index.search(queries, 10), repeats)
-    batch_numpy = _latency_ms(lambda: numpy_knn(queries), repeats)
-    row["exact_queries_per_s"] = 64e3 / batch_exact
-    row["numpy_queries_per_s"] = 64e3 / batch_numpy
+    row = {"bench": "query", "gallery": n, "dim": dim, "k": k, "repeats": repeats}
+    row["exact_latency_ms"], row["exact_latency_p90_ms"] = _latency_ms(
+        lambda: index.search(q1, k), repeats
+    )
+    row["numpy_latency_ms"], row["numpy_latency_p90_ms"] = _latency_ms(
+        lambda: _numpy_knn(g, g2, q1, k), repeats
+    )
+    batch_exact, _ = _latency_ms(lambda: index.search(queries, k), max(3, repeats // 4))
+    batch_numpy, _ = _latency_ms(lambda: _numpy_knn(g, g2, queries, k), max(3, repeats // 4))
+    row["query_batch"] = len(queries)
+    row["exact_queries_per_s"] = 1e3 * len(queries) / batch_exact
+    row["numpy_queries_per_s"] = 1e3 * len(queries) / batch_numpy
     row["exact_vs_numpy_throughput"] = batch_numpy / batch_exact
     row["exact_build_s"] = build_s
-    _, exact = index.search(queries, 10)
-    for kind in (k for k in faiss_kinds.split(",") if k):
+    _, exact = index.search(queries, k)
+    row["exact_matches_numpy"] = float(np.mean(exact == _numpy_knn(g, g2, queries, k)))
+    for kind in (s for s in args.faiss.split(",") if s):
+        if kind == "hnsw" and n > args.hnsw_max_gallery:
+            row["faiss_hnsw_skipped"] = f"gallery > --hnsw-max-gallery {args.hnsw_max_gallery}"
+            continue
         t = time.perf_counter()
-        approx_search = search.FaissIndex(g, kind, nlist=min(1024, int(4 * np.sqrt(n)))).search
+        nlist = args.nlist or min(1024, int(4 * np.sqrt(n)))
+        approx = search.FaissIndex.build(
+            g, kind, nlist=nlist, nprobe=args.nprobe, m=args.hnsw_m, ef_search=args.ef_search
+        )
         row[f"faiss_{kind}_build_s"] = time.perf_counter() - t
-        row[f"faiss_{kind}_latency_ms"] = _latency_ms(lambda fn=approx_search: fn(q1, 10), repeats)
-        row[f"faiss_{kind}_recall_at_10"] = search.recall_at_k(approx_search(queries, 10)[1], exact)
+        row[f"faiss_{kind}_params"] = approx.params()
+        row[f"faiss_{kind}_latency_ms"], _ = _latency_ms(lambda a=approx: a.search(q1, k), repeats)
+        row[f"faiss_{kind}_recall_at_10"] = search.recall_at_k(approx.search(queries, k)[1], exact)
     _emit(**row)
 
 
@@ -111,8 +137,19 @@ def main(argv=None) -> None:
     p.add_argument("--index-images", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--gallery-sizes", default="10000,100000,1000000")
-    p.add_argument("--faiss", default="ivf", help="FAISS index kinds to compare (ivf,hnsw; '')")
-    p.add_argument("--repeats-query", type=int, default=20)
+    p.add_argument("--faiss", default="ivf,hnsw", help="FAISS index kinds to compare ('' none)")
+    p.add_argument("--nlist", type=int, default=0, help="IVF cells; 0 = min(1024, 4 sqrt(N))")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
+    p.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node")
+    p.add_argument("--ef-search", type=int, default=128, help="HNSW candidates per query")
+    p.add_argument(
+        "--hnsw-max-gallery",
+        type=int,
+        default=100_000,
+        help="skip HNSW above this gallery size (its build takes many minutes on 2 cores)",
+    )
+    p.add_argument("--repeats-query", type=int, default=40)
+    p.add_argument("--query-batch", type=int, default=64, help="queries per throughput batch")
     p.add_argument("--only", default="sbsm,index,query")
     args = p.parse_args(argv)
     only = set(args.only.split(","))
@@ -195,7 +232,7 @@ def main(argv=None) -> None:
 
     if "query" in only:
         for n in (int(v) for v in args.gallery_sizes.split(",") if v):
-            _query_bench(n, args.embedding_dim or 1024, args.faiss, args.repeats_query)
+            _query_bench(n, args.embedding_dim or 1024, args)
 
 
 if __name__ == "__main__":

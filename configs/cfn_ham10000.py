@@ -1,7 +1,8 @@
 """CFN (Concepts from Neurons) on ham10000: opaque DenseNet-121 -> SAE -> named CAVs -> CBM.
 
 Variants: ``synthetic`` (procedural primitives with generated reports, CPU minutes),
-``backbone=NAME``, ``image_size=N``, ``runlocal`` (tiny smoke-test shapes).
+``backbone=NAME`` (e.g. ``vit_b_16``), ``image_size=N``, ``runlocal`` (tiny smoke-test
+shapes).
 """
 
 from jaxproto.methods.cfn import config

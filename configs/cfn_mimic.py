@@ -1,7 +1,9 @@
-"""CFN (Concepts from Neurons) on mimic: opaque DenseNet-121 -> SAE -> named CAVs -> CBM.
+"""CFN (Concepts from Neurons) on MIMIC-CXR (R2Gen's annotation.json with MIMIC-CXR-JPG's
+CheXpert table, 13 labels): opaque DenseNet-121 -> SAE -> named CAVs -> CBM.
 
 Variants: ``synthetic`` (procedural primitives with generated reports, CPU minutes),
-``backbone=NAME``, ``image_size=N``, ``runlocal`` (tiny smoke-test shapes).
+``backbone=NAME`` (e.g. ``vit_b_16``), ``image_size=N``, ``runlocal`` (tiny smoke-test
+shapes), ``data_format=class2images`` (CFN's split pickles instead of the published files).
 """
 
 from jaxproto.methods.cfn import config

@@ -4,7 +4,9 @@
   python -m jaxproto.evaluate --export exports/demo --config.data.root=/data/odir --out eval.json
 
 Prints the method's summary (per-class AUC, best-threshold F1, localisation or retrieval
-metrics) and writes ``<workdir>/eval/<split>.json`` (or ``--out``). ``--config.data.*``
+metrics) and writes ``<workdir>/eval/<split>.json`` (or ``--out``), which names the evaluation
+protocol that selected the checkpoint (``protocol``; ``selection``: its split, metric and the
+checkpoint evaluated; see ``jaxproto.core.protocol``). ``--config.data.*``
 overrides point a workdir or export at the data on this machine.
 """
 
@@ -21,16 +23,19 @@ import ml_collections
 from jaxproto import inference
 from jaxproto.common import cli
 from jaxproto.core import logging as log_lib
-from jaxproto.core import prediction
+from jaxproto.core import prediction, protocol
 from jaxproto.core.method import Method, State
 
 log = logging.getLogger("jaxproto.evaluate")
 
 
 def evaluate(config: ml_collections.ConfigDict, method: Method, state: State, split: str) -> dict:
-    """Runs ``method.evaluate`` on ``split`` of the configured dataset."""
+    """``method.evaluate`` on ``split`` of the configured dataset, with ``operating_point``
+    (F1 at the model's saved thresholds, ``Method.operating_point_metrics``) where it has them."""
     preds, records = prediction.predict_split(config, method, state, split)
-    return method.evaluate(preds, records)
+    result = method.evaluate(preds, records)
+    point = method.operating_point_metrics(preds, records)
+    return result if point is None else {**result, "operating_point": point}
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -53,10 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, method, state = inference.load_for_inference(args.workdir, args.export, args.checkpoint)
     cli.apply_overrides(config, args)
     result = evaluate(config, method, state, args.split)
+    point = result.pop("operating_point", None)  # the method's summary sees its own result
+    selection = protocol.describe(config, method.provenance.get("id", ""))
+    written = {"protocol": selection["protocol"], **result, "selection": selection}
+    if point:
+        written["operating_point"] = point
     cli.output_dir(os.path.dirname(os.path.abspath(out)))
     with cli.atomic_write(out) as f:
-        json.dump(result, f, indent=1, default=float)
+        json.dump(written, f, indent=1, default=float)
     sys.stdout.write(method.summarize(result) + "\n")
+    if point and point["mean_f1"] is not None:
+        sys.stdout.write(
+            f"mean F1 at the operating thresholds chosen on the {point['thresholds_split']} "
+            f"split: {point['mean_f1']:.4f}\n"
+        )
+    sys.stdout.write(f"{args.split} split; {protocol.note(config, selection['checkpoint'])}\n")
     log.info("wrote %s", out)
     return 0
 

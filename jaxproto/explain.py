@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     log_lib.setup_logging()
     source = args.workdir or args.export
-    _, method, state = inference.load_for_inference(args.workdir, args.export)
+    config, method, state = inference.load_for_inference(args.workdir, args.export)
     stem = os.path.splitext(os.path.basename(args.image))[0]
     out = args.out or os.path.join(source, "explain", stem)
     os.makedirs(out, exist_ok=True)
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     written = method.explain(state, request)
     kept, preds, _ = prediction.predict_files(method, state, [args.image], 1, skip_bad=False)
-    flags = ood.flags(kept, preds, ood.read_stats(args.export))
+    flags = ood.flags(kept, preds, ood.stats_for(args.export, config))
     if not flags["in_distribution"][0] and "html" in written:
         reason = str(flags["ood_reason"][0])
         log.warning(

@@ -11,7 +11,7 @@ checksum over everything (``jaxproto.inference`` writes and checks it). When the
 is readable here, it also stores out-of-distribution statistics (``ood.json``: mean and shrunk
 precision of the model's features on up to ``--ood_samples`` training images, and the distance
 threshold at the ``--ood_quantile`` quantile) that ``predict`` and ``explain`` use to flag
-foreign input.
+foreign input, with the DICOM modality and body part of the training images (always).
 """
 
 from __future__ import annotations
@@ -57,17 +57,25 @@ def build_parser() -> cli.ArgumentParser:
 
 def ood_statistics(
     config: ml_collections.ConfigDict, method: Method, state: State, quantile: float, samples: int
-) -> dict | None:
-    """OOD statistics of the model's features on the training split (None, with a warning,
-    when the training data cannot be read here)."""
+) -> dict:
+    """OOD statistics of the model's features on the training split and what the training
+    images are (``ood.training_imaging``); only the latter, with a warning, when the training
+    data cannot be read here."""
     try:
         preds, records = prediction.predict_split(config, method, state, "train", samples)
     except (UserError, ValueError, OSError) as e:
         log.warning("no out-of-distribution statistics (training data not readable: %s)", e)
-        return None
+        return {"imaging": ood.training_imaging(config.data, [])}
     features, keys = ood.feature_matrix(preds)
     stats = ood.fit(features, keys, quantile)
-    log.info("OOD statistics: %d training images, threshold %.3f", len(records), stats["threshold"])
+    stats["imaging"] = ood.training_imaging(config.data, records)
+    log.info(
+        "OOD statistics: %d training images, features %s (%d-d), threshold %.3f",
+        len(records),
+        "+".join(keys),
+        features.shape[1],
+        stats["threshold"],
+    )
     return stats
 
 
@@ -85,8 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = ood_statistics(config, method, state, args.ood_quantile, args.ood_samples)
     with cli.atomic_dir(args.out) as tmp:
         inference.write_export(tmp, config, meta, state, workdir=args.workdir)
-        if stats is not None:
-            ood.write_stats(tmp, stats)
+        ood.write_stats(tmp, stats)
     log.info("wrote %s", os.path.join(args.out, "manifest.json"))
     return 0
 

@@ -27,7 +27,7 @@ from jaxproto import __version__
 from jaxproto.common import config as config_lib
 from jaxproto.common.errors import CheckpointError
 from jaxproto.core import checkpoint as ckpt_lib
-from jaxproto.core import parallel, trainer
+from jaxproto.core import parallel, protocol, trainer
 from jaxproto.core import workdir as workdir_lib
 from jaxproto.core.method import THRESHOLDS_FILE, Method, State
 from jaxproto.data import registry
@@ -77,6 +77,7 @@ def load_for_inference(
         folder = workdir
     method = build_method(config, workdir_lib.index_from_meta(meta))
     method.thresholds = read_thresholds(folder)
+    provenance["selection"] = protocol.note(config, provenance["id"])
     method.provenance = provenance
     state = jax.tree.map(jax.numpy.asarray, state)
     return config, method, state
@@ -128,11 +129,10 @@ def _sha256(folder: str, names) -> str:
     return h.hexdigest()
 
 
-def _export_extras(config, dataset_meta: dict, workdir: str | None) -> dict[str, str]:
+def _export_extras(method: Method, workdir: str | None) -> dict[str, str]:
     """{name in the export: file in the workdir} of what an export carries besides the model."""
     if workdir is None:
         return {}
-    method = build_method(config, workdir_lib.index_from_meta(dataset_meta))
     extras = dict(method.export_files(workdir))
     if os.path.isfile(os.path.join(workdir, THRESHOLDS_FILE)):
         extras[THRESHOLDS_FILE] = os.path.join(workdir, THRESHOLDS_FILE)
@@ -147,16 +147,19 @@ def write_export(
     workdir: str | None = None,
 ) -> str:
     """Writes the export folder (with ``workdir``'s thresholds and the method's evidence files
-    when given); returns the manifest path."""
+    when given); the state and config pass through ``Method.export_state`` first. Returns the
+    manifest path."""
     os.makedirs(out, exist_ok=True)
+    method = build_method(config, workdir_lib.index_from_meta(dataset_meta))
     host = jax.tree.map(np.asarray, {k: state[k] for k in ckpt_lib.INFERENCE_KEYS})
+    host, config = method.export_state(host, config)
     with open(os.path.join(out, "variables.msgpack"), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(host))
     with open(os.path.join(out, "config.json"), "w") as f:
         f.write(config_lib.to_json(config))
     with open(os.path.join(out, "dataset.json"), "w") as f:
         json.dump(dataset_meta, f, indent=1)
-    extras = _export_extras(config, dataset_meta, workdir)
+    extras = _export_extras(method, workdir)
     for name, src in sorted(extras.items()):
         os.makedirs(os.path.dirname(os.path.join(out, name)) or out, exist_ok=True)
         shutil.copyfile(src, os.path.join(out, name))

@@ -11,7 +11,8 @@ An unreadable image stops the run with its name before anything is written, unle
 other image is still written.
 
 Foreign input is flagged, not diagnosed: ``<out stem>_ood.csv`` has one row per CSV row with
-``in_distribution`` (false for an image too small to be a medical image, or whose features are
+``in_distribution`` (false for an image too small to be a medical image, a DICOM whose Modality
+or BodyPartExamined is not what the model was trained on, or an image whose features are
 farther from the training set than the export's threshold), ``ood_reason`` and, for exports with
 OOD statistics, ``ood_score`` (Mahalanobis distance; see ``python -m jaxproto.export``).
 ``--reject_ood`` leaves such images out like bad files.
@@ -115,13 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.output_file(args.out)
     paths = expand_image_paths(args.images)
     log_lib.setup_logging()
-    _, method, state = inference.load_for_inference(args.workdir, args.export)
+    config, method, state = inference.load_for_inference(args.workdir, args.export)
     kept, preds, skipped = prediction.predict_files(
         method, state, paths, args.batch_size, args.skip_bad
     )
     if not kept:
         raise UserError(f"none of the {len(paths)} images could be read")
-    flags = ood.flags(kept, preds, ood.read_stats(args.export))
+    flags = ood.flags(kept, preds, ood.stats_for(args.export, config))
     if not flags["in_distribution"].all():
         log.warning(
             "%d of %d images look out of distribution (in_distribution=false)",

@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before anything touches the devices (validation builds the mesh to check the batch size).
     parallel.initialize_distributed(config.get("distributed"))
     validate.validate_config(config, methods.method_names())
+    methods.resolve_protocol(config)  # train.eval_split and val sizes follow eval.protocol
     if args.dry_run:
         sys.stdout.write(dry_run(config) + "\nconfig and data OK; nothing was written\n")
         return 0

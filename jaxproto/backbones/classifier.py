@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxproto.backbones.registry import build_backbone
+from jaxproto.backbones.torch_import import init_with_pretrained
 
 
 class Classifier(nn.Module):
@@ -16,10 +18,27 @@ class Classifier(nn.Module):
     backbone: str
     tap: str
     num_classes: int
+    compute_dtype: str = "float32"  # the backbone's (model.compute_dtype)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        net = build_backbone(self.backbone, taps=(self.tap,), with_head=False, name="backbone")
+        net = build_backbone(
+            self.backbone,
+            taps=(self.tap,),
+            with_head=False,
+            dtype=self.compute_dtype,
+            name="backbone",
+        )
         feats = net(x, train=train)[self.tap]
         pooled = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
         return nn.Dense(self.num_classes, name="head")(pooled), pooled
+
+
+def init_state(net: Classifier, rng: jax.Array, image_size: int, init_from: str = "") -> dict:
+    """A fresh ``{"params", "batch_stats", "extra": {}}`` of ``net`` for square RGB inputs of
+    ``image_size``, with the user's weights file ``init_from`` (if any) merged into the
+    backbone."""
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = net.init(rng, x, train=False)
+    out = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    return init_with_pretrained({**out, "extra": {}}, init_from, net.backbone)

@@ -21,14 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxproto.backbones.layers import (
-    DropPath,
-    Dtype,
-    check_taps,
-    global_avg_pool,
-    layer_norm,
-    select_taps,
-)
+from jaxproto.backbones import layers
 
 TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "pooled", "logits")
 
@@ -54,13 +47,12 @@ def tap_info(
     return info
 
 
-class ConvNeXtBlock(nn.Module):
+class ConvNeXtBlock(layers.Configured):
     """x + drop_path(gamma * fc2(GELU(fc1(LN(dwconv7x7(x))))))."""
 
     dim: int
     drop_path: float
     layer_scale_init: float
-    dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -73,7 +65,7 @@ class ConvNeXtBlock(nn.Module):
             dtype=self.dtype,
             name="conv_dw",
         )(x)
-        y = layer_norm(_LN_EPS, self.dtype, "norm")(y)
+        y = layers.layer_norm(_LN_EPS, self.dtype, "norm")(y)
         y = nn.Dense(4 * self.dim, kernel_init=_INIT, dtype=self.dtype, name="mlp_fc1")(y)
         y = jax.nn.gelu(y, approximate=False)
         y = nn.Dense(self.dim, kernel_init=_INIT, dtype=self.dtype, name="mlp_fc2")(y)
@@ -81,25 +73,21 @@ class ConvNeXtBlock(nn.Module):
             "gamma", nn.initializers.constant(self.layer_scale_init), (self.dim,), jnp.float32
         )
         y = y * gamma.astype(y.dtype)
-        return x + DropPath(self.drop_path)(y, train)
+        return x + layers.DropPath(self.drop_path)(y, train)
 
 
-class ConvNeXt(nn.Module):
-    """ConvNeXt returning a dict of the requested taps."""
+class ConvNeXt(layers.Backbone):
+    """ConvNeXt returning a dict of the requested taps (``bn_running_var`` is accepted for a
+    uniform factory signature; there is no BatchNorm here)."""
 
     depths: Sequence[int] = (3, 3, 9, 3)
     dims: Sequence[int] = (96, 192, 384, 768)
-    taps: Sequence[str] = ("stage4",)
-    with_head: bool = False
-    num_classes: int = 1000
     drop_path_rate: float = 0.0
     layer_scale_init: float = 1e-6
-    bn_running_var: str = "unbiased"  # accepted for a uniform factory signature; no BatchNorm here
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        check_taps("ConvNeXt", self.taps, TAPS, self.with_head)
+        layers.check_taps("ConvNeXt", self.taps, TAPS, self.with_head)
         values = {}
         x = nn.Conv(
             self.dims[0],
@@ -110,13 +98,13 @@ class ConvNeXt(nn.Module):
             dtype=self.dtype,
             name="stem_0",
         )(x.astype(self.dtype))
-        x = layer_norm(_LN_EPS, self.dtype, "stem_1")(x)
+        x = layers.layer_norm(_LN_EPS, self.dtype, "stem_1")(x)
         values["stem"] = x
         rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
         k = 0
         for s, (depth, dim) in enumerate(zip(self.depths, self.dims, strict=True)):
             if s > 0:
-                x = layer_norm(_LN_EPS, self.dtype, f"stages_{s}_downsample_0")(x)
+                x = layers.layer_norm(_LN_EPS, self.dtype, f"stages_{s}_downsample_0")(x)
                 x = nn.Conv(
                     dim,
                     (2, 2),
@@ -127,14 +115,20 @@ class ConvNeXt(nn.Module):
                     name=f"stages_{s}_downsample_1",
                 )(x)
             for j in range(depth):
-                x = ConvNeXtBlock(
-                    dim, rates[k], self.layer_scale_init, self.dtype, name=f"stages_{s}_blocks_{j}"
-                )(x, train)
+                block = ConvNeXtBlock(
+                    dim,
+                    rates[k],
+                    self.layer_scale_init,
+                    dtype=self.dtype,
+                    name=f"stages_{s}_blocks_{j}",
+                )
+                x = block(x, train)
                 k += 1
             values[f"stage{s + 1}"] = x
-        values["pooled"] = layer_norm(_LN_EPS, self.dtype, "head_norm")(global_avg_pool(x))
+        pooled = layers.global_avg_pool(x)
+        values["pooled"] = layers.layer_norm(_LN_EPS, self.dtype, "head_norm")(pooled)
         if self.with_head:
             values["logits"] = nn.Dense(
                 self.num_classes, kernel_init=_INIT, dtype=self.dtype, name="head_fc"
             )(values["pooled"])
-        return select_taps(values, self.taps)
+        return layers.select_taps(values, self.taps)

@@ -19,17 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxproto.backbones.layers import (
-    BatchNorm,
-    Dtype,
-    check_taps,
-    conv_no_bias,
-    global_avg_pool,
-    kaiming_normal_fan_in,
-    max_pool_3x3_s2,
-    select_taps,
-    torch_default_kernel,
-)
+from jaxproto.backbones import layers
 
 TAPS = ("block4_prenorm", "final_relu", "pooled", "logits")
 
@@ -64,35 +54,30 @@ def tap_info(
     }
 
 
-def _conv(features: int, k: int, dtype: Dtype, name: str, stride: int = 1) -> nn.Conv:
-    return conv_no_bias(features, k, stride, kaiming_normal_fan_in, dtype, name)
+def _conv(features: int, k: int, dtype: layers.Dtype, name: str, stride: int = 1) -> nn.Conv:
+    return layers.conv_no_bias(features, k, stride, layers.kaiming_normal_fan_in, dtype, name)
 
 
-class DenseLayer(nn.Module):
+class DenseLayer(layers.Configured):
     """BN-ReLU-Conv1x1(bn_size*growth)-BN-ReLU-Conv3x3(growth); returns only the new features."""
 
     growth_rate: int
     bn_size: int
-    bn_running_var: str
-    dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        bn_kw = {"running_var": self.bn_running_var, "dtype": self.dtype}
-        y = nn.relu(BatchNorm(**bn_kw, name="norm1")(x, train))
+        y = nn.relu(self.norm("norm1")(x, train))
         y = _conv(self.bn_size * self.growth_rate, 1, self.dtype, "conv1")(y)
-        y = nn.relu(BatchNorm(**bn_kw, name="norm2")(y, train))
+        y = nn.relu(self.norm("norm2")(y, train))
         return _conv(self.growth_rate, 3, self.dtype, "conv2")(y)
 
 
-class DenseBlock(nn.Module):
+class DenseBlock(layers.Configured):
     """``num_layers`` dense layers; each sees the concatenation [input, new_1, ..., new_{l-1}]."""
 
     num_layers: int
     growth_rate: int
     bn_size: int
-    bn_running_var: str
-    dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -100,95 +85,79 @@ class DenseBlock(nn.Module):
             y = DenseLayer(
                 self.growth_rate,
                 self.bn_size,
-                self.bn_running_var,
-                self.dtype,
+                bn_running_var=self.bn_running_var,
+                dtype=self.dtype,
                 name=f"denselayer{i + 1}",
             )(x, train)
             x = jnp.concatenate([x, y], axis=-1)
         return x
 
 
-class Transition(nn.Module):
+class Transition(layers.Configured):
     """BN-ReLU-Conv1x1(out)-AvgPool 2x2/2."""
 
     out_features: int
-    bn_running_var: str
-    dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = BatchNorm(running_var=self.bn_running_var, dtype=self.dtype, name="norm")(x, train)
+        x = self.norm("norm")(x, train)
         x = _conv(self.out_features, 1, self.dtype, "conv")(nn.relu(x))
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
-class DenseNetFeatures(nn.Module):
+class DenseNetFeatures(layers.Configured):
     """torchvision's ``features`` Sequential; returns (last dense block output, norm5 output)."""
 
     growth_rate: int
     block_config: Sequence[int]
     num_init_features: int
     bn_size: int
-    bn_running_var: str
-    dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        bn_kw = {"running_var": self.bn_running_var, "dtype": self.dtype}
+        kw = {"bn_running_var": self.bn_running_var, "dtype": self.dtype}
         x = _conv(self.num_init_features, 7, self.dtype, "conv0", stride=2)(x)
-        x = max_pool_3x3_s2(nn.relu(BatchNorm(**bn_kw, name="norm0")(x, train)))
+        x = layers.max_pool_3x3_s2(nn.relu(self.norm("norm0")(x, train)))
         ch = self.num_init_features
         for i, n in enumerate(self.block_config):
-            x = DenseBlock(
-                n,
-                self.growth_rate,
-                self.bn_size,
-                self.bn_running_var,
-                self.dtype,
-                name=f"denseblock{i + 1}",
-            )(x, train)
+            x = DenseBlock(n, self.growth_rate, self.bn_size, **kw, name=f"denseblock{i + 1}")(
+                x, train
+            )
             ch += n * self.growth_rate
             if i != len(self.block_config) - 1:
                 ch //= 2
-                x = Transition(ch, self.bn_running_var, self.dtype, name=f"transition{i + 1}")(
-                    x, train
-                )
-        return x, BatchNorm(**bn_kw, name="norm5")(x, train)
+                x = Transition(ch, **kw, name=f"transition{i + 1}")(x, train)
+        return x, self.norm("norm5")(x, train)
 
 
-class DenseNet(nn.Module):
+class DenseNet(layers.Backbone):
     """DenseNet returning a dict of the requested taps."""
 
     growth_rate: int = 32
     block_config: Sequence[int] = (6, 12, 24, 16)
     num_init_features: int = 64
     bn_size: int = 4
-    taps: Sequence[str] = ("final_relu",)
-    with_head: bool = False
-    num_classes: int = 1000
-    bn_running_var: str = "unbiased"
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        check_taps("DenseNet", self.taps, TAPS, self.with_head)
+        layers.check_taps("DenseNet", self.taps, TAPS, self.with_head)
         prenorm, normed = DenseNetFeatures(
             self.growth_rate,
             self.block_config,
             self.num_init_features,
             self.bn_size,
-            self.bn_running_var,
-            self.dtype,
+            bn_running_var=self.bn_running_var,
+            dtype=self.dtype,
             name="features",
         )(x.astype(self.dtype), train)
         values = {"block4_prenorm": prenorm, "final_relu": nn.relu(normed)}
-        values["pooled"] = global_avg_pool(values["final_relu"])
+        values["pooled"] = layers.global_avg_pool(values["final_relu"])
         if self.with_head:
             # torchvision initialises the classifier bias to 0 (weight: PyTorch default).
             values["logits"] = nn.Dense(
                 self.num_classes,
-                kernel_init=torch_default_kernel,
+                kernel_init=layers.torch_default_kernel,
                 dtype=self.dtype,
                 name="classifier",
             )(values["pooled"])
-        return select_taps(values, self.taps)
+        return layers.select_taps(values, self.taps)

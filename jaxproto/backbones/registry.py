@@ -9,8 +9,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxproto.backbones import convnext, densenet, resnet, vgg
-from jaxproto.backbones.layers import check_taps
+from jaxproto.backbones import convnext, densenet, resnet, vgg, vit
+from jaxproto.backbones.layers import check_taps, compute_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,7 @@ def _register() -> dict[str, BackboneSpec]:
         ("densenet", densenet.DenseNet, densenet.CONFIGS, densenet.tap_info, ("final_relu",)),
         ("vgg", vgg.VGG, vgg.CONFIGS, vgg.tap_info, ("features",)),
         ("convnext", convnext.ConvNeXt, convnext.CONFIGS, convnext.tap_info, ("stage4",)),
+        ("vit", vit.VisionTransformer, vit.CONFIGS, vit.tap_info, ("cls",)),
     )
     out = {}
     for family, module, configs, info, default in families:
@@ -68,9 +69,12 @@ def build_backbone(
     ``taps`` defaults to the family's last feature map. ``name`` is the Linen submodule name when
     built inside a larger model (e.g. "backbone"). ``overrides`` replace hyper-parameters (e.g.
     ``block_config`` for densenet_tiny, ``drop_path_rate`` for ConvNeXt, ``dropout_rate`` for
-    VGG's head). ``bn_running_var`` in {"unbiased" (PyTorch), "biased" (Flax)}.
+    VGG's head). ``bn_running_var`` in {"unbiased" (PyTorch), "biased" (Flax)}. ``dtype`` is the
+    compute dtype (a jnp dtype or a ``model.compute_dtype`` name: "float32", "bfloat16");
+    parameters and the returned taps are float32 either way.
     """
     spec = get_spec(arch)
+    dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
     fields = {f.name for f in dataclasses.fields(spec.module)} - {"parent", "name"}
     unknown = sorted(set(overrides) - fields)
     if unknown:

@@ -13,20 +13,8 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from jaxproto.backbones.layers import (
-    BatchNorm,
-    Dtype,
-    check_taps,
-    conv_no_bias,
-    global_avg_pool,
-    kaiming_normal_fan_out,
-    max_pool_3x3_s2,
-    select_taps,
-    torch_default_bias,
-    torch_default_kernel,
-)
+from jaxproto.backbones import layers
 
 TAPS = ("stem", "layer1", "layer2", "layer3", "layer4", "pooled", "logits")
 
@@ -53,25 +41,21 @@ def tap_info(
     return info
 
 
-def _conv(features: int, k: int, stride: int, dtype: Dtype, name: str) -> nn.Conv:
-    return conv_no_bias(features, k, stride, kaiming_normal_fan_out, dtype, name)
+def _conv(features: int, k: int, stride: int, dtype: layers.Dtype, name: str) -> nn.Conv:
+    return layers.conv_no_bias(features, k, stride, layers.kaiming_normal_fan_out, dtype, name)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(layers.Configured):
     """BasicBlock (two 3x3 convs) or Bottleneck (1x1, 3x3 with the stride, 1x1 x4)."""
 
     block: str
     planes: int
     stride: int
     downsample: bool
-    bn_running_var: str
-    dtype: Dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        def bn(name: str) -> BatchNorm:
-            return BatchNorm(running_var=self.bn_running_var, dtype=self.dtype, name=name)
-
+        bn = self.norm
         if self.block == "basic":
             out = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
             out = nn.relu(bn("bn1")(out, train))
@@ -93,27 +77,21 @@ class ResidualBlock(nn.Module):
         return nn.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(layers.Backbone):
     """ResNet returning a dict of the requested taps (NHWC maps, (N, C) vectors)."""
 
     block: str = "basic"
     layers: Sequence[int] = (2, 2, 2, 2)
     widths: Sequence[int] = (64, 128, 256, 512)
-    taps: Sequence[str] = ("layer4",)
-    with_head: bool = False
-    num_classes: int = 1000
-    bn_running_var: str = "unbiased"
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        check_taps("ResNet", self.taps, TAPS, self.with_head)
+        layers.check_taps("ResNet", self.taps, TAPS, self.with_head)
         if self.block not in _EXPANSION:
             raise ValueError(f"ResNet block must be one of {list(_EXPANSION)}, got {self.block!r}")
         values = {}
         x = _conv(self.widths[0], 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
-        x = BatchNorm(running_var=self.bn_running_var, dtype=self.dtype, name="bn1")(x, train)
-        x = max_pool_3x3_s2(nn.relu(x))
+        x = layers.max_pool_3x3_s2(nn.relu(self.norm("bn1")(x, train)))
         values["stem"] = x
         in_ch = self.widths[0]
         exp = _EXPANSION[self.block]
@@ -131,13 +109,13 @@ class ResNet(nn.Module):
                 )(x, train)
                 in_ch = w * exp
             values[f"layer{i + 1}"] = x
-        values["pooled"] = global_avg_pool(x)
+        values["pooled"] = layers.global_avg_pool(x)
         if self.with_head:
             values["logits"] = nn.Dense(
                 self.num_classes,
-                kernel_init=torch_default_kernel,
-                bias_init=torch_default_bias(in_ch),
+                kernel_init=layers.torch_default_kernel,
+                bias_init=layers.torch_default_bias(in_ch),
                 dtype=self.dtype,
                 name="fc",
             )(values["pooled"])
-        return select_taps(values, self.taps)
+        return layers.select_taps(values, self.taps)

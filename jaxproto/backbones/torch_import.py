@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxproto.backbones import vit_import
 from jaxproto.backbones.registry import build_backbone, get_spec
 from jaxproto.common.errors import CheckpointError
 
@@ -201,7 +202,10 @@ _FAMILIES: dict[str, tuple[Callable[[str], str], Callable[[str], str | None], tu
         "classifier_6",
     ),
     "convnext": (_strip_module, _map_convnext, ("head_fc",), "head_fc"),
+    "vit": (_strip_module, vit_import.unmapped, ("head",), "head"),
 }
+# family -> whole-state_dict rewrite into Linen paths before the per-key mapping
+_PREPARE = {"vit": vit_import.torch_to_linen}
 
 
 def _convert_leaf(leaf: str, value: np.ndarray) -> tuple[str, str, np.ndarray] | None:
@@ -345,32 +349,40 @@ def convert_state_dict(
 ) -> Variables:
     """Converts a PyTorch state_dict into ``{"params", "batch_stats"}`` for backbone ``arch``.
 
-    ``with_head``/``num_classes`` default to what the checkpoint contains; ``drop_head`` discards
-    the classifier tensors (e.g. CheXNet's 14-way head) and builds the model without a head.
-    ``overrides`` are passed to ``build_backbone`` (e.g. a tiny variant's hyper-parameters).
+    Keys are torch names, or Linen paths ``collection/module/.../leaf`` (a converted .msgpack's
+    tree, taken as they are; torch names never contain ``/``). ``with_head``/``num_classes``
+    default to what the checkpoint contains; ``drop_head`` discards the classifier tensors (e.g.
+    CheXNet's 14-way head) and builds the model without a head. ``overrides`` are passed to
+    ``build_backbone`` (e.g. a tiny variant's hyper-parameters).
     """
     family = get_spec(arch).family
     normalize, map_module, head_modules, final_head = _FAMILIES[family]
+    if family in _PREPARE:
+        state_dict = _PREPARE[family](state_dict, {**get_spec(arch).config, **overrides})
     flat: dict[FlatKey, np.ndarray] = {}
     names: dict[FlatKey, str] = {}
     unexpected: list[str] = []
     for key, value in state_dict.items():
-        module, _, leaf = normalize(key).rpartition(".")
-        target = map_module(module)
-        if target is None:
-            unexpected.append(key)
+        if "/" in key:
+            coll, _, path = key.partition("/")
+            target, _, name = path.rpartition("/")
+            array = np.asarray(value)
+        else:
+            module, _, leaf = normalize(key).rpartition(".")
+            target = map_module(module)
+            try:
+                converted = _convert_leaf(leaf, np.asarray(value)) if target else None
+            except KeyError:
+                target = None
+            if target is None:
+                unexpected.append(key)
+                continue
+            if converted is None:
+                continue
+            coll, name, array = converted
+        if drop_head and target.split("/")[0] in head_modules:
             continue
-        try:
-            converted = _convert_leaf(leaf, np.asarray(value))
-        except KeyError:
-            unexpected.append(key)
-            continue
-        if converted is None:
-            continue
-        coll, name, array = converted
-        if drop_head and target in head_modules:
-            continue
-        flat_key = (coll, f"{target}/{name}")
+        flat_key = (coll, f"{target}/{name}" if target else name)
         if flat_key in flat:
             raise CheckpointMismatchError(
                 f"{source_name}: keys {names[flat_key]!r} and {key!r} both map to "
@@ -402,31 +414,8 @@ def convert_state_dict(
     return _unflatten(flat, ("params", "batch_stats"))
 
 
-def load_pretrained(
-    path: str,
-    arch: str,
-    *,
-    with_head: bool | None = None,
-    num_classes: int | None = None,
-    drop_head: bool = False,
-    allow_missing: str | None = None,
-    allow_unexpected: str | None = None,
-    **overrides: Any,
-) -> Variables:
-    """``{"params", "batch_stats"}`` (numpy) for ``arch`` from a PyTorch/safetensors file
-    (converted on the fly) or a ``.msgpack`` written by ``python -m jaxproto.convert``."""
-    if not path.endswith(".msgpack"):
-        return convert_state_dict(
-            read_state_dict(path),
-            arch,
-            with_head=with_head,
-            num_classes=num_classes,
-            drop_head=drop_head,
-            allow_missing=allow_missing,
-            allow_unexpected=allow_unexpected,
-            source_name=path,
-            **overrides,
-        )
+def _read_msgpack(path: str) -> dict[str, np.ndarray]:
+    """A ``.msgpack`` of ``{"params", "batch_stats"}`` as ``{"collection/.../leaf": array}``."""
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path}")
     with open(path, "rb") as f:
@@ -438,24 +427,16 @@ def load_pretrained(
     if not isinstance(restored, Mapping) or "params" not in restored:
         raise CheckpointError(f"{path}: expected a msgpack dict with 'params' (and 'batch_stats')")
     variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}
-    _, _, head_modules, final_head = _FAMILIES[get_spec(arch).family]
-    if drop_head:
-        variables["params"] = {
-            k: v for k, v in variables["params"].items() if k not in head_modules
-        }
-    if with_head is None:
-        with_head = any(m in variables["params"] for m in head_modules)
-    if num_classes is None:
-        num_classes = (
-            int(variables["params"][final_head]["kernel"].shape[-1])
-            if final_head in variables["params"]
-            else 1000
-        )
-    flat = _flatten(variables)
-    expected = _template(arch, with_head, num_classes, overrides)
-    _check(expected, flat, {}, [], allow_missing, allow_unexpected, f"{path} -> {arch}")
-    flat = {k: np.asarray(v, np.float32) for k, v in flat.items() if k in expected}
-    return _unflatten(flat, ("params", "batch_stats"))
+    return {f"{coll}/{p}": leaf for (coll, p), leaf in _flatten(variables).items()}
+
+
+def load_pretrained(path: str, arch: str, **options: Any) -> Variables:
+    """``{"params", "batch_stats"}`` (numpy) for ``arch`` from a PyTorch/safetensors file
+    (converted on the fly) or a ``.msgpack`` written by ``python -m jaxproto.convert``, checked
+    the same way. ``options`` are :func:`convert_state_dict`'s keyword arguments (``with_head``,
+    ``num_classes``, ``drop_head``, ``allow_missing``, ``allow_unexpected``, overrides)."""
+    tensors = _read_msgpack(path) if path.endswith(".msgpack") else read_state_dict(path)
+    return convert_state_dict(tensors, arch, source_name=path, **options)
 
 
 def merge_pretrained(

@@ -17,15 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxproto.backbones.layers import (
-    BatchNorm,
-    Dtype,
-    adaptive_avg_pool,
-    check_taps,
-    global_avg_pool,
-    kaiming_normal_fan_out,
-    select_taps,
-)
+from jaxproto.backbones import layers
 
 TAPS = ("features", "pooled", "penultimate", "logits")
 
@@ -57,22 +49,17 @@ def tap_info(
     }
 
 
-class VGG(nn.Module):
+class VGG(layers.Backbone):
     """VGG returning a dict of the requested taps; ``dropout_rate`` uses the ``dropout`` rng."""
 
     cfg: Sequence[int | str] = _CFG_E
     batch_norm: bool = False
     hidden_features: int = 4096
-    taps: Sequence[str] = ("features",)
-    with_head: bool = False
-    num_classes: int = 1000
     dropout_rate: float = 0.5
-    bn_running_var: str = "unbiased"
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        check_taps("VGG", self.taps, TAPS, self.with_head)
+        layers.check_taps("VGG", self.taps, TAPS, self.with_head)
         x = x.astype(self.dtype)
         idx = 0  # torchvision's index in the `features` Sequential
         for v in self.cfg:
@@ -84,19 +71,17 @@ class VGG(nn.Module):
                 int(v),
                 (3, 3),
                 padding=((1, 1), (1, 1)),
-                kernel_init=kaiming_normal_fan_out,
+                kernel_init=layers.kaiming_normal_fan_out,
                 dtype=self.dtype,
                 name=f"features_{idx}",
             )(x)
             if self.batch_norm:
-                x = BatchNorm(
-                    running_var=self.bn_running_var, dtype=self.dtype, name=f"features_{idx + 1}"
-                )(x, train)
+                x = self.norm(f"features_{idx + 1}")(x, train)
             x = nn.relu(x)
             idx += 3 if self.batch_norm else 2
-        values = {"features": x, "pooled": global_avg_pool(x)}
+        values = {"features": x, "pooled": layers.global_avg_pool(x)}
         if self.with_head:
-            h = adaptive_avg_pool(x, (7, 7))
+            h = layers.adaptive_avg_pool(x, (7, 7))
             h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)
             for i in (0, 3):
                 h = nn.Dense(
@@ -113,4 +98,4 @@ class VGG(nn.Module):
                 dtype=self.dtype,
                 name="classifier_6",
             )(h)
-        return select_taps(values, self.taps)
+        return layers.select_taps(values, self.taps)

@@ -200,19 +200,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ConfigError(f"config argument {key!r} expects true/false, got {value!r}")
             out[key] = value.lower() in ("true", "1")
-        elif isinstance(default, int):
+        elif isinstance(default, (int, float)):
+            kind = type(default)
             try:
-                out[key] = int(value)
+                out[key] = kind(value)
             except ValueError:
+                article = "an int" if kind is int else "a float"
                 raise ConfigError(
-                    f"config argument {key!r} expects an int, got {value!r}"
-                ) from None
-        elif isinstance(default, float):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                raise ConfigError(
-                    f"config argument {key!r} expects a float, got {value!r}"
+                    f"config argument {key!r} expects {article}, got {value!r}"
                 ) from None
         else:
             out[key] = value
@@ -227,7 +222,7 @@ def train_block(**overrides) -> ml_collections.ConfigDict:
     c.eval_batch_size = 64
     c.log_every_steps = 10
     c.eval_every_epochs = 1.0  # 0 disables periodic evaluation (end of each phase still evaluates)
-    c.eval_split = "test"
+    c.eval_split = ""  # "" = the split eval.protocol selects on (core.protocol)
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 2
     c.best_metric = ""  # e.g. "mean_auc"; empty = keep only the latest
@@ -238,6 +233,20 @@ def train_block(**overrides) -> ml_collections.ConfigDict:
     c.allow_config_change = False
     c.update(overrides)
     return c
+
+
+def eval_block(protocol: str = "validation", **extra) -> ml_collections.ConfigDict:
+    """``eval.protocol`` (``validation``: select the checkpoint and the F1 thresholds on a
+    validation split; ``paper``: on the test split, as the papers; see ``core.protocol``) and a
+    method's own evaluation settings."""
+    return ml_collections.ConfigDict({"protocol": protocol, **extra})
+
+
+def add_run_blocks(c: ml_collections.ConfigDict) -> None:
+    """The ``eval`` (default protocol), ``mesh`` and ``distributed`` blocks every method has."""
+    c.eval = eval_block()
+    c.mesh = mesh_block()
+    c.distributed = distributed_block()
 
 
 def mesh_block() -> ml_collections.ConfigDict:

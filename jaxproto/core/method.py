@@ -14,8 +14,8 @@ from __future__ import annotations
 import abc
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import jax
 import ml_collections
@@ -24,7 +24,7 @@ import optax
 
 from jaxproto.common.errors import UserError
 from jaxproto.core import metrics as metrics_lib
-from jaxproto.core import outputs
+from jaxproto.core import outputs, protocol
 from jaxproto.data.pipeline import ExampleFn, Sampler
 from jaxproto.data.records import DatasetIndex, Record
 
@@ -100,7 +100,9 @@ class Phase:
     ``Method.loss`` and ``Method.train_data``. Length is ``epochs`` (over the training split)
     or ``steps``. ``before`` hooks run when the phase starts (not on resume inside it), ``after``
     hooks when it ends. ``post_update`` is traced into the jitted step after the optimizer
-    update (e.g. CIPL's own-class non-negative projection of the last layer).
+    update (e.g. CIPL's own-class non-negative projection of the last layer). Consecutive
+    phases with the same non-empty ``stream`` read one training stream (one seed, positions
+    continuing), as if they were one phase cut into pieces (e.g. per-epoch hooks).
     """
 
     name: str
@@ -113,10 +115,14 @@ class Phase:
     before: tuple[Hook, ...] = ()
     after: tuple[Hook, ...] = ()
     post_update: Callable[[State], State] | None = None
+    stream: str = ""
 
 
 class Method(abc.ABC):
     """A trainable, explainable model. Subclasses are registered in ``jaxproto.methods``."""
+
+    # eval.protocol -> the split that model selection and F1 thresholds use (core.protocol).
+    PROTOCOLS: ClassVar[Mapping[str, str]] = protocol.DEFAULT_PROTOCOLS
 
     def __init__(self, config: ml_collections.ConfigDict, index: DatasetIndex):
         self.config = config
@@ -204,6 +210,32 @@ class Method(abc.ABC):
             "classes": classes,
         }
 
+    def operating_point_metrics(
+        self, predictions: dict[str, np.ndarray], records: Sequence[Record]
+    ) -> dict | None:
+        """F1 per class at the saved operating thresholds (``self.thresholds``, chosen on their
+        own split) on these predictions, one-vs-rest on ``outputs.PROBS``: unlike the
+        best-threshold F1, no threshold is chosen on the evaluated split. The mean is over the
+        classes with a positive label here. None without thresholds or class probabilities."""
+        probs = predictions.get(outputs.PROBS)
+        thresholds = (self.thresholds or {}).get("classes", {})
+        if probs is None or not thresholds or not len(records):
+            return None
+        names = self.probability_names(probs.shape[1])
+        columns = [self.class_names().index(n) for n in names]
+        labels = np.stack([np.asarray(r.labels, np.float32) for r in records])[:, columns] > 0.5
+        classes = {
+            n: metrics_lib.f1_score(labels[:, k], probs[:, k] >= thresholds[n])
+            for k, n in enumerate(names)
+            if n in thresholds
+        }
+        scored = [classes[n] for k, n in enumerate(names) if n in classes and labels[:, k].any()]
+        return {
+            "thresholds_split": self.thresholds.get("split"),
+            "mean_f1": float(np.mean(scored)) if scored else None,
+            "classes": classes,
+        }
+
     def decisions(self, probabilities: dict[str, float]) -> list[dict]:
         """Decision rows for a page (``viz.report`` ``decisions``): per class its probability,
         the operating threshold and positive/negative (None without a threshold)."""
@@ -240,6 +272,14 @@ class Method(abc.ABC):
                 columns[f"{name}_decision"] = (probs[:, i] >= t).astype(np.int64)
                 columns[f"{name}_threshold"] = np.full(len(probs), t)
         return columns
+
+    def export_state(
+        self, state: State, config: ml_collections.ConfigDict
+    ) -> tuple[State, ml_collections.ConfigDict]:
+        """The inference state and config an export stores (``inference.write_export``), e.g.
+        with training-only layers folded away (CSR's task-head BatchNorm); the config must
+        describe the returned state. Default: both unchanged."""
+        return state, config
 
     def export_files(self, workdir: str) -> dict[str, str]:
         """Evidence files an export carries besides the model ({name in the export: path in

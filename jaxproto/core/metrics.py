@@ -124,6 +124,14 @@ def best_threshold_f1(y_true: np.ndarray, score: np.ndarray) -> tuple[float, flo
     return float(f1[best]), threshold, accuracy
 
 
+def f1_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Binary F1 = 2 TP / (2 TP + FP + FN) of boolean predictions (0 when there is no positive
+    label or prediction, as sklearn's ``zero_division=0``)."""
+    y, p = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
+    tp, fp, fn = int(np.sum(y & p)), int(np.sum(~y & p)), int(np.sum(y & ~p))
+    return 2.0 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
 def classification_report(
     y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, object]:

@@ -1,10 +1,16 @@
 """Foreign input is flagged, not diagnosed: image sanity and a feature-space out-of-distribution
 score (Mahalanobis distance to training-set statistics stored in the export).
 
+Image sanity: an image too small to be a medical image, or a DICOM whose Modality (0008,0060)
+or BodyPartExamined (0018,0015) is not among those of the training set (``imaging`` in
+``ood.json``: the config's ``data.modality``/``data.body_part``, else the training DICOMs'
+headers, else the dataset's own codes, ``data.registry.IMAGING``), is flagged.
+
 Features are the method's pooled backbone features (``outputs.FEATURES``) when its ``predict``
 returns them, else its other per-image float outputs (logits, embeddings, concept logits)
 concatenated -- the Mahalanobis score of a classifier's logits is the weaker, method-independent
-variant. The threshold is a quantile (default 0.99) of held-out training-set distances.
+variant (old exports' statistics name their ``keys``, so they keep scoring what they were
+fitted on). The threshold is a quantile (default 0.99) of held-out training-set distances.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import numpy as np
 
 from jaxproto.common.errors import CheckpointError
 from jaxproto.core import outputs
-from jaxproto.data import images
+from jaxproto.data import images, registry
+from jaxproto.data.records import Record
 
 OOD_FILE = "ood.json"
 FALLBACK_KEYS = (outputs.LOGITS, outputs.EMBEDDING, outputs.CONCEPT_LOGITS)
@@ -84,7 +91,8 @@ def write_stats(folder: str, stats: dict) -> str:
 
 
 def read_stats(folder: str | None) -> dict | None:
-    """The statistics an export holds (None for workdirs and older exports)."""
+    """The statistics an export holds (None for workdirs and older exports; only ``imaging``
+    when the training data was not readable at export time)."""
     path = os.path.join(folder, OOD_FILE) if folder else ""
     if not folder or not os.path.isfile(path):
         return None
@@ -95,21 +103,64 @@ def read_stats(folder: str | None) -> dict | None:
         raise CheckpointError(f"{path}: unreadable ({e}); re-export the model") from None
 
 
-def image_problem(path: str) -> str | None:
-    """Why an image cannot be what a model was trained on (too small), or None."""
+DICOM_TAGS = {"modality": "Modality (0008,0060)", "body_part": "BodyPartExamined (0018,0015)"}
+
+
+def training_imaging(data_cfg, records: Sequence[Record]) -> dict:
+    """What the training images are, per DICOM tag (``modality``, ``body_part``): the config's
+    codes where it names them, else those in the headers of the training DICOMs among
+    ``records``, else the dataset's own (``data.registry.imaging``); ``source`` says which."""
+    declared = registry.imaging(data_cfg)
+    seen: dict[str, set[str]] = {key: set() for key in DICOM_TAGS}
+    for r in records:
+        for key, value in images.dicom_tags(r.path).items():
+            seen[key].add(value)
+    out: dict = {"source": {}}
+    for key in DICOM_TAGS:
+        if str(data_cfg.get(key, "") or "").strip():
+            out[key], out["source"][key] = declared[key], "config"
+        elif seen[key]:
+            out[key], out["source"][key] = sorted(seen[key]), "training DICOM headers"
+        else:
+            out[key], out["source"][key] = declared[key], f"dataset {data_cfg.get('name')!r}"
+    return out
+
+
+def stats_for(folder: str | None, config) -> dict:
+    """What ``flags`` checks for a workdir or export: its ``ood.json`` (exports), and what the
+    training images are -- from ``ood.json``, else (workdirs, older exports) the config's
+    dataset (``training_imaging`` without headers)."""
+    stats = dict(read_stats(folder) or {})
+    stats.setdefault("imaging", training_imaging(config.data, []))
+    return stats
+
+
+def image_problem(path: str, imaging: dict | None = None) -> str | None:
+    """Why an image cannot be what a model was trained on (too small; a DICOM of another
+    modality or body part than ``imaging``, see ``training_imaging``), or None."""
     w, h = images.image_size(path)
     if min(w, h) < MIN_SIDE:
         return f"image is {w}x{h} pixels (< {MIN_SIDE}): not a medical image"
+    tags = images.dicom_tags(path)
+    for key, tag in DICOM_TAGS.items():
+        allowed = (imaging or {}).get(key) or []
+        if key in tags and allowed and tags[key] not in allowed:
+            return (
+                f"DICOM {tag} is {tags[key]!r}, but the model was trained on "
+                f"{', '.join(allowed)} images"
+            )
     return None
 
 
 def flags(
     paths: Sequence[str], preds: dict[str, np.ndarray], stats: dict | None
 ) -> dict[str, np.ndarray]:
-    """``in_distribution`` (and ``ood_score`` with statistics) per image, and ``ood_reason``."""
-    reasons = [image_problem(p) or "" for p in paths]
+    """``in_distribution`` (and ``ood_score`` with feature statistics) per image, and
+    ``ood_reason``."""
+    imaging = (stats or {}).get("imaging")
+    reasons = [image_problem(p, imaging) or "" for p in paths]
     out = {}
-    if stats is not None:
+    if stats is not None and "keys" in stats:
         features, _ = feature_matrix({k: preds[k] for k in stats["keys"]})
         scores = score(stats, features)
         out["ood_score"] = scores

@@ -110,7 +110,16 @@ class _Context:
     trainer: Trainer
 
     def stream_predictions(self, state, records, batch_size=None, predict_fn=None):
-        return self.trainer.stream_predictions(state, records, batch_size, predict_fn)
+        trainer = self.trainer
+        return stream_predictions(
+            trainer.method,
+            trainer.mesh,
+            state,
+            records,
+            batch_size or trainer.config.train.eval_batch_size,
+            worker_count=int(trainer.config.train.worker_count),
+            predict_fn=predict_fn or trainer.predict_fn,
+        )
 
 
 class Trainer:
@@ -190,15 +199,28 @@ class Trainer:
         return self._step_fns[phase_index]
 
     # ------------------------------------------------------------------ data
+    def _stream_origin(self, phase_index: int) -> tuple[int, int]:
+        """(stream number, first global batch) of phase ``phase_index``: a phase continues the
+        stream of the phase before it when both name the same ``Phase.stream``."""
+        group, start = -1, 0
+        for i, phase in enumerate(self.phases[: phase_index + 1]):
+            if i == 0 or not phase.stream or phase.stream != self.phases[i - 1].stream:
+                group, start = group + 1, 0
+            if i < phase_index:
+                start += self.phase_steps[i]
+        return group, start
+
     def train_stream(self, phase_index: int):
         """The checkpointable training stream of phase ``phase_index`` (global batches)."""
         phase = self.phases[phase_index]
         sampler, example_fn = self.method.train_data(phase, self.train_records)
+        group, start_batch = self._stream_origin(phase_index)
         return pipeline.make_train_stream(
             sampler,
             example_fn,
             global_batch_size=self.global_batch,
-            seed=int(self.config.train.seed) * 1000 + phase_index,
+            seed=int(self.config.train.seed) * 1000 + group,
+            start_batch=start_batch,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             worker_count=int(self.config.train.worker_count),
@@ -207,25 +229,6 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ eval
-    def stream_predictions(
-        self,
-        state: State,
-        records: Sequence[Record],
-        batch_size: int | None = None,
-        predict_fn: Callable | None = None,
-    ) -> Iterator[tuple[np.ndarray, dict]]:
-        """(record indices, outputs as replicated global arrays) in order: ``method.predict``
-        or ``predict_fn`` (see ``HookContext.stream_predictions``)."""
-        return stream_predictions(
-            self.method,
-            self.mesh,
-            state,
-            records,
-            batch_size or self.config.train.eval_batch_size,
-            worker_count=int(self.config.train.worker_count),
-            predict_fn=predict_fn or self.predict_fn,
-        )
-
     @property
     def predict_fn(self) -> Callable:
         """``method.predict`` compiled once for this trainer's mesh."""
@@ -233,9 +236,14 @@ class Trainer:
             self._predict_fn = make_predict_fn(self.method, self.mesh)
         return self._predict_fn
 
+    def hook_context(self) -> _Context:
+        """What phase hooks and evaluation see of this trainer (``HookContext``)."""
+        return _Context(self.config, self.workdir, self.mesh, self.index, self.is_main, self)
+
     def evaluate(self, state: State, split: str) -> dict:
         records = self.index.split(split)
-        preds = collect_predictions(self.stream_predictions(state, records), len(records))
+        stream = self.hook_context().stream_predictions(state, records)
+        preds = collect_predictions(stream, len(records))
         return self.method.evaluate(preds, records)
 
     # ------------------------------------------------------------------ loop
@@ -317,7 +325,7 @@ class Trainer:
                     )
                     if step_in_phase > 0 and not same_layout:
                         _seek(stream, step_in_phase)
-                ctx = _Context(cfg, self.workdir, self.mesh, self.index, self.is_main, self)
+                ctx = self.hook_context()
                 if step_in_phase == 0:
                     for hook in phase.before:
                         state = hook(ctx, state)

@@ -10,6 +10,7 @@ import ml_collections
 from jaxproto.backbones import BACKBONES
 from jaxproto.common.errors import ConfigError
 from jaxproto.core import parallel
+from jaxproto.data import registry as data_registry
 from jaxproto.data.records import DatasetIndex
 
 # Folder names of the published datasets, for the "how to set data.root" hint.
@@ -75,7 +76,8 @@ def config_problems(config: ml_collections.ConfigDict, method_names: Sequence[st
             )
     data = config.get("data", ml_collections.ConfigDict())
     name = data.get("name", "")
-    if name and name != "synthetic" and not data.get("prepared") and not data.get("root"):
+    generated = name in data_registry.GENERATED
+    if name and not generated and not data.get("prepared") and not data.get("root"):
         folder = DATASET_FOLDERS.get(name, name)
         problems.append(
             f"data.root is not set: give the {name} dataset folder, e.g. "
@@ -96,7 +98,15 @@ def validate_with_index(config: ml_collections.ConfigDict, index: DatasetIndex) 
     split = config.train.eval_split
     if not index.splits.get(split):
         have = ", ".join(s for s, r in sorted(index.splits.items()) if r) or "none"
+        hint = ""
+        if split == "val":
+            protocol = config.get("eval", {}).get("protocol", "")
+            hint = (
+                f" (eval.protocol={protocol!r} selects on a validation split: set "
+                "data.val_fraction (real data) or data.num_val (synthetic) to -1 or a size, or "
+                "select on test with --config.eval.protocol=paper)"
+            )
         raise ConfigError(
             f"train.eval_split={split!r}: dataset {index.name!r} has no such split with images; "
-            f"available: {have}"
+            f"available: {have}{hint}"
         )

@@ -211,6 +211,21 @@ def image_size(path: str) -> tuple[int, int]:
         raise ImageError(path, f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
 
 
+def dicom_tags(path: str) -> dict[str, str]:
+    """``{"modality": Modality (0008,0060), "body_part": BodyPartExamined (0018,0015)}`` of a
+    DICOM file, upper-case, each only where the header has it; ``{}`` for other formats."""
+    if not path.lower().endswith(DICOM_EXTS) or not os.path.isfile(path):
+        return {}
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:  # pydicom raises many types for truncated/invalid files
+        raise ImageError(path, f"{path}: cannot read DICOM header ({type(e).__name__}: {e})") from e
+    tags = {"modality": ds.get("Modality", ""), "body_part": ds.get("BodyPartExamined", "")}
+    return {k: str(v).strip().upper() for k, v in tags.items() if str(v or "").strip()}
+
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 LIST_FILE_EXTENSIONS = (".txt", ".lst", ".list")
 

@@ -11,6 +11,7 @@ import csv
 import functools
 import gzip
 import io
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -21,14 +22,27 @@ from jaxproto.common.errors import DataError
 from jaxproto.data.images import image_size, walk_images
 from jaxproto.data.records import BadSampleReport, DatasetIndex, Record
 
+log = logging.getLogger(__name__)
+
+# ``data.val_fraction`` / ``data.num_val`` value meaning "whatever the evaluation protocol needs"
+# (``core.protocol``): a validation split -- the dataset's official list, else AUTO_VAL_FRACTION
+# of the training patients (synthetic: as many images as the test split) -- or, under a protocol
+# that selects on the test split, none.
+AUTO = -1
+AUTO_VAL_FRACTION = 0.1
+
 COMMON_DEFAULTS: dict = {
     "name": "",
     "root": "",
     "image_size": 224,
     "on_bad_sample": "error",
-    "val_fraction": 0.0,
+    "val_fraction": float(AUTO),
     "seed": 0,
     "prepared": "",
+    # What the images are, as DICOM codes (comma lists; "" = the dataset's own, see
+    # ``registry.IMAGING``): checked against a DICOM's Modality / BodyPartExamined at predict.
+    "modality": "",
+    "body_part": "",
 }
 
 
@@ -226,8 +240,15 @@ def carve_split(
 
 
 def finish(index: DatasetIndex, cfg: Mapping, defaults: Mapping) -> DatasetIndex:
-    """Common tail of every loader: optional patient-wise val split, then the empty-split check."""
+    """Common tail of every loader: optional patient-wise val split, then the empty-split check.
+
+    ``data.val_fraction`` ``AUTO`` (-1) keeps the dataset's official val list where it has one
+    and carves ``AUTO_VAL_FRACTION`` of the training patients otherwise; > 0 carves that
+    fraction (an error for a dataset with a val list); 0 carves nothing."""
     val_fraction = float(option(cfg, "val_fraction", defaults))
+    auto = val_fraction == AUTO
+    if auto:
+        val_fraction = 0.0 if "val" in index.splits else AUTO_VAL_FRACTION
     if val_fraction > 0:
         if "val" in index.splits:
             raise ValueError(
@@ -235,6 +256,13 @@ def finish(index: DatasetIndex, cfg: Mapping, defaults: Mapping) -> DatasetIndex
                 "set data.val_fraction=0"
             )
         carve_split(index, "train", val_fraction, int(option(cfg, "seed", defaults)), "val")
+        if auto and not index.splits["val"]:
+            del index.splits["val"]
+            log.warning(
+                "%s: too few training patients for a %.0f%% validation split; none carved",
+                index.name,
+                100 * val_fraction,
+            )
     for split, records in index.splits.items():
         if not records:
             raise DataError(

@@ -234,11 +234,7 @@ def load(cfg: ml_collections.ConfigDict, report: BadSampleReport) -> DatasetInde
             loading.check_duplicates(splits[split], split, report), report
         )
     index = DatasetIndex(
-        name="odir",
-        class_names=list(CLASS_NAMES),
-        splits=splits,
-        multilabel=True,
-        background_class=NORMAL,
+        "odir", list(CLASS_NAMES), splits, multilabel=True, background_class=NORMAL
     )
     if fmt != "oia":
         loading.carve_split(index, "train", float(opt("test_fraction")), int(opt("seed")), "test")

@@ -6,7 +6,9 @@ sees exactly the global batches of a 1-process run):
 * the example stream is ``sampler.epoch(0)`` followed by ``sampler.epoch(1)``, ...;
 * global batch i is stream positions ``[i*B, (i+1)*B)``; process p decodes only its contiguous
   slice ``[i*B + p*B/P, i*B + (p+1)*B/P)`` (lazy ``MapDataset.map`` before ``batch``);
-* the augmentation rng of stream position s is ``np.random.default_rng([seed, s])``.
+* the augmentation rng of stream position s is ``np.random.default_rng([seed, s])``;
+* a stream may start at global batch ``start_batch`` (a phase that continues the stream of the
+  phase before it, e.g. one epoch of a stage split into per-epoch phases).
 
 Bad images (``images.ImageError``: missing, truncated, corrupt) found while decoding: with
 ``data.on_bad_sample=error`` the stream raises a DataError naming the file and the line that
@@ -281,6 +283,7 @@ def make_train_stream(
     worker_count: int = 0,
     records: Sequence[Record] | None = None,
     report: BadSampleReport | None = None,
+    start_batch: int = 0,
 ) -> grain.DatasetIterator:
     """Infinite iterator of this process's LOCAL batches (dict of numpy arrays with leading
     dim ``global_batch_size // process_count``); see the module docstring for the semantics.
@@ -300,7 +303,9 @@ def make_train_stream(
         _Sources(records),
         report.policy if report is not None else "error",
     )
-    ds = grain.MapDataset.range(0, _STREAM_LENGTH).map(fn)
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+    ds = grain.MapDataset.range(start_batch * local, _STREAM_LENGTH).map(fn)
     it_ds = ds.batch(local, batch_fn=_stack_with_skips).to_iter_dataset(_read_options())
     return iter(_prefetched(it_ds, worker_count).map(_ReportSkips(report)))
 

@@ -20,10 +20,12 @@ from jaxproto.data import (
     covidct,
     covidx,
     ddi,
+    fairvlmed,
     fitzpatrick,
     ham10000,
     isic,
     kermany,
+    mimic_cxr,
     odir,
     prepared,
     primitives,
@@ -49,8 +51,56 @@ LOADERS: dict[str, ModuleType] = {
     "kermany": kermany,
     "fitzpatrick17k": fitzpatrick,
     "class2images": class2images,
+    "fairvlmed": fairvlmed,
+    "mimic_cxr": mimic_cxr,
     "primitives": primitives,
 }
+# Datasets that generate their images (in a cache folder) when ``data.root`` is empty.
+GENERATED = frozenset({"synthetic", "primitives"})
+
+
+# What each dataset's images are, as DICOM Modality (0008,0060) and BodyPartExamined (0018,0015)
+# codes: CR/DX radiographs, CT, OP/XC ophthalmic or external-camera photographs, DMS dermoscopy.
+# Skin-lesion sets name no body part (the lesions are anywhere on the body).
+CHEST_XRAY = (("CR", "DX"), ("CHEST",))
+IMAGING: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "chestxray14": CHEST_XRAY,
+    "covidx": CHEST_XRAY,
+    "kermany": CHEST_XRAY,
+    "tbx11k": CHEST_XRAY,
+    "vindr": CHEST_XRAY,
+    "covidct": (("CT",), ("CHEST",)),
+    "odir": (("OP", "XC"), ("EYE",)),
+    "fairvlmed": (("OP",), ("EYE",)),
+    "mimic_cxr": CHEST_XRAY,
+    "isic2017": (("DMS", "XC"), ()),
+    "ham10000": (("DMS", "XC"), ()),
+    "ddi": (("XC", "DMS"), ()),
+    "fitzpatrick17k": (("XC", "DMS"), ()),
+}
+# Synthetic look-alikes -> the dataset they imitate.
+SYNTHETIC_LIKES = {
+    "ddi_concepts": "ddi",
+    "fitzpatrick_concepts": "fitzpatrick17k",
+    "covidct_concepts": "covidct",
+    "kermany_concepts": "kermany",
+}
+
+
+def imaging(cfg: ml_collections.ConfigDict) -> dict[str, list[str]]:
+    """``{"modality": [...], "body_part": [...]}`` the data config's images are: the config's
+    ``data.modality`` / ``data.body_part`` (comma lists) where set, else the dataset's own
+    (``IMAGING``; a synthetic dataset is what it imitates); empty lists where unknown."""
+    name = str(cfg.get("name", ""))
+    if name == "synthetic":
+        like = str(cfg.get("like", ""))
+        name = SYNTHETIC_LIKES.get(like, like)
+    modalities, parts = IMAGING.get(name, ((), ()))
+    out = {}
+    for key, default in (("modality", modalities), ("body_part", parts)):
+        given = [v.strip().upper() for v in str(cfg.get(key, "") or "").split(",") if v.strip()]
+        out[key] = given or list(default)
+    return out
 
 
 def _loader_module(name: str) -> ModuleType:

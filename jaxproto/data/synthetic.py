@@ -36,6 +36,7 @@ from jaxproto.data import (
     vindr,
     write_real_format,
 )
+from jaxproto.data.loading import AUTO
 from jaxproto.data.records import DatasetIndex, Record
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ def _spec(like: str) -> LikeSpec:
 def synthetic_index(data_cfg) -> DatasetIndex:
     """Builds the synthetic DatasetIndex from a data ConfigDict (or mapping).
 
-    Fields: ``like``, ``num_train``, ``num_test``, ``num_val`` (0 = no val split),
+    Fields: ``like``, ``num_train``, ``num_test``, ``num_val`` (0 = no val split, -1 = as many
+    as ``num_test``),
     ``image_size``, ``seed``, ``clever_hans`` (bool), ``hans_class`` (default 1),
     ``images_per_patient`` (default 1; consecutive images of a split share a patient id).
     Splits occupy consecutive index ranges train, test, val so no image is shared.
@@ -122,6 +124,8 @@ def synthetic_index(data_cfg) -> DatasetIndex:
     spec = _spec(like)
     size, seed = int(get("image_size", 64)), int(get("seed", 0))
     counts = {s: int(get(f"num_{s}", 0)) for s in ("train", "test", "val")}
+    if counts["val"] == AUTO:
+        counts["val"] = counts["test"]  # the validation protocol's split (core.protocol)
     for s, n in counts.items():
         if n < 0 or (s != "val" and n == 0):
             raise ValueError(f"data.num_{s} must be {'>= 0' if s == 'val' else '> 0'}, got {n}")

@@ -12,6 +12,7 @@ import jax
 import ml_collections
 
 from jaxproto.common.errors import ConfigError
+from jaxproto.core import protocol
 from jaxproto.core.method import Method
 from jaxproto.core.trainer import Trainer
 from jaxproto.data import registry as data_registry
@@ -41,6 +42,11 @@ def get_method(name: str) -> type[Method]:
     return getattr(importlib.import_module(module_name), cls)
 
 
+def resolve_protocol(config: ml_collections.ConfigDict) -> None:
+    """``core.protocol.resolve`` with the protocols the configured method declares."""
+    protocol.resolve(config, get_method(config.method).PROTOCOLS)
+
+
 def build_method(config: ml_collections.ConfigDict, index: DatasetIndex) -> Method:
     """The configured method on a dataset index (records, or names only for inference)."""
     return get_method(config.method)(config, index)
@@ -51,7 +57,9 @@ def build_trainer(
     workdir: str,
     devices: Sequence[jax.Device] | None = None,
 ) -> Trainer:
-    """Loads the configured dataset, builds the method on it and hands both to a Trainer."""
+    """Resolves the config's evaluation protocol (in place, ``core.protocol``), loads the
+    configured dataset, builds the method on it and hands both to a Trainer."""
+    resolve_protocol(config)
     report = BadSampleReport(config.data.get("on_bad_sample", "error"))
     index = data_registry.load_index(config.data, report)
     return Trainer(config, workdir, build_method(config, index), report, devices)

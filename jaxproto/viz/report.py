@@ -107,13 +107,15 @@ class Header:
     """What every page states before its evidence: which model (``model``: method and backbone;
     ``model_id``: the export's checksum prefix or the workdir checkpoint), loaded from where
     (``source``), on which ``input`` file, when (``date``, UTC) and under which ``protocol``
-    (operating thresholds and the split they were chosen on, preprocessing, ...)."""
+    (operating thresholds and the split they were chosen on, preprocessing, ...), and how the
+    checkpoint was selected (``selection``: the evaluation protocol, ``core.protocol.note``)."""
 
     model: str
     model_id: str
     source: str
     input: str
     protocol: str
+    selection: str = ""
     date: str = dataclasses.field(
         default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
     )
@@ -126,6 +128,7 @@ class Header:
             "input": self.input,
             "date": self.date,
             "protocol": self.protocol,
+            **({"model selection": self.selection} if self.selection else {}),
         }
 
 

@@ -19,6 +19,7 @@ from jaxproto.backbones import (
     backbone_stride,
     build_backbone,
     convert_state_dict,
+    layers,
     load_pretrained,
     merge_pretrained,
     tap_centre,
@@ -92,12 +93,16 @@ def test_densenet_norm5_updates_with_prenorm_tap():
     assert set(out) == {"block4_prenorm"}
 
 
-def test_bf16_compute_dtype_keeps_float32_params():
-    model = build_backbone("resnet_tiny", taps=("layer4",), dtype=jnp.bfloat16)
+def test_bf16_compute_dtype_keeps_float32_params_and_taps():
+    model = build_backbone("resnet_tiny", taps=("layer4", "pooled"), dtype=jnp.bfloat16)
     x = jnp.ones((2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
-    assert model.apply(variables, x)["layer4"].dtype == jnp.bfloat16
+    # Computed in bfloat16 (a bfloat16-representable result), handed back as float32.
+    out = model.apply(variables, x)
+    assert {v.dtype for v in out.values()} == {jnp.dtype(jnp.float32)}
+    layer4 = np.asarray(out["layer4"])
+    np.testing.assert_array_equal(layer4, layer4.astype(jnp.bfloat16).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- layers vs numpy
@@ -502,3 +507,13 @@ def test_tap_centre_is_the_receptive_field_centre(name, tap, size, overrides):
     want = tap_centre(name, tap, **overrides) + stride * j
     assert (rows[0] + rows[-1] + 1) / 2 == want
     assert (cols[0] + cols[-1] + 1) / 2 == want
+
+
+def test_conv1x1_matmul_equals_a_numpy_1x1_convolution():
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 5)).astype(np.float32)
+    conv = layers.Conv1x1(3, stride=2)
+    params = conv.init(jax.random.key(0), x)
+    kernel, bias = np.asarray(params["params"]["kernel"]), np.asarray(params["params"]["bias"])
+    assert kernel.shape == (1, 1, 5, 3)
+    ref = np.einsum("bhwc,cd->bhwd", x[:, ::2, ::2], kernel[0, 0]) + bias
+    np.testing.assert_allclose(np.asarray(conv.apply(params, x)), ref, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ from jaxproto.common import cli
 from jaxproto.common import config as config_lib
 from jaxproto.common.errors import ConfigError, UserError
 from jaxproto.core import checkpoint, workdir
-from jaxproto.methods import build_trainer
+from jaxproto.methods import build_trainer, resolve_protocol
 
 TINY = [
     ("model.image_size", "32"),
@@ -37,7 +37,10 @@ def _spec(repo_root):
 
 
 def _config(repo_root, extra=()):
-    return config_lib.build_config(_spec(repo_root), [*TINY, *extra])
+    """The resolved config (eval.protocol applied), as ``train`` records it."""
+    config = config_lib.build_config(_spec(repo_root), [*TINY, *extra])
+    resolve_protocol(config)
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +192,10 @@ def test_config_mistakes_stop_before_any_work(repo_root, tmp_path, capsys):
     assert "model.backbone='resnet5' is unknown" in err and "train.batch_size=0" in err
     assert "train.best_mode='up' must be one of max, min" in err
     argv = ["--config", _spec(repo_root), *(f"--config.{k}={v}" for k, v in TINY)]
-    argv += ["--config.train.eval_split=val", "--workdir", str(wd)]
+    argv += ["--config.data.num_val=0", "--workdir", str(wd)]  # the validation protocol's split
     assert cli.run(train.main, argv) == 2
-    assert "train.eval_split='val'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "train.eval_split='val'" in err and "--config.eval.protocol=paper" in err
     assert not wd.exists()  # no empty workdir left behind
 
 
@@ -200,7 +204,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(repo_root, tmp_path, capsys)
     argv = ["--config", _spec(repo_root), *(f"--config.{k}={v}" for k, v in TINY)]
     assert cli.run(train.main, [*argv, "--workdir", str(wd), "--dry_run"]) == 0
     out = capsys.readouterr().out
-    assert "24 images checked" in out and "phase 1 train: 6 steps" in out and "s/step" in out
+    # 16 train + 8 test + 8 generated validation images
+    assert "32 images checked" in out and "phase 1 train: 6 steps" in out and "s/step" in out
     assert "estimated total" in out and not wd.exists()
 
 
@@ -213,15 +218,28 @@ def _save_images(folder, arrays):
     return folder
 
 
+def _save_dicom(path, pixels, modality, body_part):
+    import pydicom
+
+    from jaxproto.data.write_real_format import write_dicom
+
+    write_dicom(str(path), pixels)
+    ds = pydicom.dcmread(str(path))
+    ds.Modality, ds.BodyPartExamined = modality, body_part
+    ds.save_as(str(path))
+
+
 def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
-    """The synthetic fundus model against fundus test images, synthetic chest X-rays, noise and
-    a 1x1-ish image: the foreign ones get in_distribution=false and are left out with
-    --reject_ood; explain warns at the top of the report."""
+    """The synthetic fundus model against fundus test images, synthetic chest X-rays, noise,
+    a 4x4 image and DICOMs of other modalities: the foreign ones get in_distribution=false and
+    are left out with --reject_ood; explain warns at the top of the report."""
     import csv
 
     import numpy as np
 
     from jaxproto import explain, predict
+    from jaxproto.backbones import backbone_channels
+    from jaxproto.core import ood
     from jaxproto.data.images import load_image
     from jaxproto.data.procedural import render_path
     from jaxproto.data.synthetic import synthetic_index
@@ -231,6 +249,11 @@ def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
     assert code == 0, err
     stats = json.loads((exp / "ood.json").read_text())
     assert stats["num_samples"] == 16 and stats["threshold"] > 0
+    model = json.loads((run / "config.json").read_text())["model"]
+    width = backbone_channels(model["backbone"], model["tap"])  # the pooled final backbone map
+    assert stats["keys"] == ["features"] and len(stats["mean"]) == width
+    assert stats["imaging"]["modality"] == ["OP", "XC"]  # synthetic ODIR: fundus photographs
+    assert stats["imaging"]["body_part"] == ["EYE"]
     cfg = json.loads((run / "config.json").read_text())["data"]
     fundus = [load_image(r.path) for r in synthetic_index(cfg).split("test")]
     cxr_cfg = {"like": "chestxray14", "num_train": 4, "num_test": 1, "image_size": 32, "seed": 3}
@@ -243,7 +266,11 @@ def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
         "cxr": _save_images(tmp_path / "cxr", cxr),
         "noise": _save_images(tmp_path / "noise", noise),
         "tiny": _save_images(tmp_path / "tiny", tiny),
+        "dicom": tmp_path / "dicom",
     }
+    dicoms = {"ct.dcm": ("CT", "CHEST"), "cr.dcm": ("CR", "CHEST"), "op.dcm": ("OP", "HAND")}
+    for name, (modality, part) in dicoms.items():
+        _save_dicom(groups["dicom"] / name, fundus[0], modality, part)
     out = tmp_path / "p.csv"
     argv = ["--export", str(exp), "--images", *map(str, groups.values()), "--out", str(out)]
     assert cli.run(predict.main, argv) == 0
@@ -256,14 +283,31 @@ def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
     }
     scores = {n: [round(float(r["ood_score"]), 2) for r in rows if f"/{n}/" in r["image"]]
               for n in groups}  # fmt: skip
-    # Logit-space Mahalanobis of a 6-step model (the baseline returns no pooled FEATURES):
-    # every chest X-ray and the 4x4 image are flagged, most noise, few fundus test images.
+    why = {os.path.relpath(r["image"], tmp_path): r["ood_reason"] for r in rows}
+    # Pooled-feature Mahalanobis of a 6-step model: every chest X-ray, noise image and the 4x4
+    # image are flagged, few fundus test images.
     assert flag["cxr"] == ["false"] * 4, (scores, stats["threshold"])
-    assert flag["noise"].count("false") >= 3, (scores, stats["threshold"])
-    assert flag["tiny"] == ["false"] and "4x4 pixels" in rows[-1]["ood_reason"]
+    assert flag["noise"] == ["false"] * 4, (scores, stats["threshold"])
+    assert flag["tiny"] == ["false"] and "4x4 pixels" in why["tiny/img0.png"]
     assert flag["fundus"].count("true") >= 6, (scores, stats["threshold"])
     assert min(scores["cxr"]) > np.median(scores["fundus"])
     assert all(float(r["ood_score"]) >= 0 for r in rows)
+    # A DICOM is checked against what the model was trained on before any score.
+    assert flag["dicom"] == ["false"] * 3
+    assert "Modality (0008,0060) is 'CT'" in why["dicom/ct.dcm"] and "OP, XC" in why["dicom/ct.dcm"]
+    assert "Modality (0008,0060) is 'CR'" in why["dicom/cr.dcm"]
+    part = why["dicom/op.dcm"]
+    assert "BodyPartExamined (0018,0015) is 'HAND'" in part and "EYE" in part
+    # Statistics of an older export name their keys (logits): they keep scoring logits.
+    old = tmp_path / "old"
+    shutil.copytree(exp, old)
+    n_classes = len(json.loads((exp / "dataset.json").read_text())["class_names"])
+    legacy = ood.fit(rng.normal(size=(16, n_classes)), ["logits"])
+    (old / "ood.json").write_text(json.dumps(legacy))
+    old_argv = ["--export", str(old), "--images", str(groups["fundus"]), "--out"]
+    assert cli.run(predict.main, [*old_argv, str(tmp_path / "o.csv")]) == 0
+    old_rows = list(csv.DictReader(open(tmp_path / "o_ood.csv")))
+    assert len(old_rows) == 8 and all(float(r["ood_score"]) > 0 for r in old_rows)
     assert cli.run(predict.main, [*argv[:-1], str(tmp_path / "r.csv"), "--reject_ood"]) == 0
     kept = list(csv.DictReader(open(tmp_path / "r.csv")))
     assert [r["image"] for r in kept] == [

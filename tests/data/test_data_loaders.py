@@ -108,6 +108,33 @@ def test_chestxray14_patient_wise_val(tmp_path):
     assert [r.image_id for r in again.splits["val"]] == [r.image_id for r in loaded.splits["val"]]
 
 
+def test_default_val_split_is_patient_wise(tmp_path):
+    """The validation protocol's default (data.val_fraction auto): 10 % of the training patients
+    (ChestX-ray14 has no official val list), disjoint from train; the paper protocol's (0) none,
+    with the training set then whole."""
+    from jaxproto.data.chestxray14 import class_names
+    from jaxproto.data.loading import AUTO, AUTO_VAL_FRACTION
+
+    n = len(class_names())
+    train = [
+        _rec(f"{p:08d}_{k:03d}.png", [p % 14], n, str(p))
+        for p in range(1, 41)
+        for k in range(p % 4 + 1)
+    ]
+    test = [_rec("00000099_000.png", [14], n, "99")]
+    index = DatasetIndex("chestxray14", class_names(), {"train": train, "test": test})
+    write_real_format.write("chestxray14", index, _image, str(tmp_path))
+    assert default_data_config("chestxray14").val_fraction == AUTO
+    loaded = _load("chestxray14", tmp_path)
+    patients = {s: {r.patient_id for r in recs} for s, recs in loaded.splits.items()}
+    assert patients["val"] and not patients["val"] & patients["train"]
+    assert len(loaded.splits["train"]) + len(loaded.splits["val"]) == len(train)
+    frac = len(loaded.splits["val"]) / len(train)
+    assert abs(frac - AUTO_VAL_FRACTION) < 0.05, frac
+    paper = _load("chestxray14", tmp_path, val_fraction=0.0)
+    assert "val" not in paper.splits and len(paper.splits["train"]) == len(train)
+
+
 def test_odir_end_to_end(tmp_path):
     from jaxproto.data.odir import CLASS_NAMES
 

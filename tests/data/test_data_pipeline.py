@@ -67,6 +67,15 @@ def test_stream_is_concatenated_epochs_with_position_rngs():
     assert batches[0]["entry"].shape == (4,)
 
 
+def test_stream_started_at_a_batch_continues_the_reference_stream():
+    sampler = ShuffleSampler(10, seed=1)
+    it = make_train_stream(sampler, toy_example, global_batch_size=4, seed=7, start_batch=3)
+    batches = _take(it, 4)  # positions 12..27: the second and third epochs
+    entries, r = _reference_stream(sampler, 7, 28)
+    np.testing.assert_array_equal(np.concatenate([b["entry"] for b in batches]), entries[12:])
+    np.testing.assert_allclose(np.concatenate([b["r"] for b in batches]), r[12:])
+
+
 def test_same_seed_same_batches_other_seed_other_rngs():
     sampler = ShuffleSampler(9, seed=0)
     a = _take(make_train_stream(sampler, toy_example, global_batch_size=3, seed=1), 4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxproto.common import config as config_lib
+from jaxproto.data.loading import AUTO
 from jaxproto.data.registry import default_data_config
 
 # Full-size input per dataset (the papers' resolutions).
@@ -24,26 +25,21 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     c.model.backbone = arg.backbone or ("resnet_tiny" if arg.synthetic else "resnet50")
     c.model.tap = "layer4"
     c.model.init_from = ""
+    c.model.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     c.model.image_size = arg.image_size or (64 if arg.synthetic else IMAGE_SIZE.get(dataset, 224))
 
     c.data = default_data_config("synthetic" if arg.synthetic else dataset)
     c.data.image_size = c.model.get_ref("image_size")
     if arg.synthetic:
-        c.data.update({"like": dataset, "num_train": 1200, "num_test": 300, "num_val": 0})
+        c.data.update({"like": dataset, "num_train": 1200, "num_test": 300, "num_val": AUTO})
         c.data.clever_hans = False
 
-    c.train = config_lib.train_block(
-        batch_size=32,
-        eval_batch_size=64,
-        epochs=8.0,
-        best_metric="mean_auc",
-        checkpoint_every_steps=100,
-    )
+    # batch 32, eval batch 64: train_block's defaults
+    c.train = config_lib.train_block(epochs=8.0, best_metric="mean_auc", checkpoint_every_steps=100)
     c.optim = ml_collections.ConfigDict(
         {"optimizer": "adamw", "lr": 3e-3 if arg.synthetic else 1e-4, "weight_decay": 1e-4}
     )
-    c.mesh = config_lib.mesh_block()
-    c.distributed = config_lib.distributed_block()
+    config_lib.add_run_blocks(c)  # eval (validation | paper, core.protocol), mesh, distributed
     if arg.runlocal:
         c.data.update({"num_train": 64, "num_test": 32})
         c.train.batch_size, c.train.epochs = 8, 1.0

@@ -1,37 +1,23 @@
 """The black-box baseline every paper compares against: backbone -> global average pooling ->
-linear head, multi-label BCE (or multi-class cross-entropy), Adam with cosine decay."""
+linear head (``backbones.classifier.Classifier``), multi-label BCE (or multi-class
+cross-entropy), Adam with cosine decay. ``predict`` also returns the pooled backbone features
+(``outputs.FEATURES``, for the export's out-of-distribution statistics)."""
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxproto.backbones import build_backbone, init_with_pretrained
+from jaxproto.backbones import init_with_pretrained
+from jaxproto.backbones.classifier import Classifier
 from jaxproto.core import metrics as metrics_lib
 from jaxproto.core import outputs
 from jaxproto.core.method import Method, Phase
 from jaxproto.data import samplers, transforms
 from jaxproto.data.images import load_image
 from jaxproto.methods.baseline.data import TrainExample
-
-
-class BaselineNet(nn.Module):
-    """Backbone feature map -> global average pooling -> Dense(num_classes)."""
-
-    backbone: str
-    tap: str
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        net = build_backbone(self.backbone, taps=(self.tap,), with_head=False, name="backbone")
-        taps = net(x, train=train)
-        feats = taps[self.tap]
-        pooled = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
-        return nn.Dense(self.num_classes, name="head")(pooled)
 
 
 class BaselineMethod(Method):
@@ -41,7 +27,9 @@ class BaselineMethod(Method):
         super().__init__(config, index)
         m = config.model
         self.image_size = int(m.image_size)
-        self.net = BaselineNet(m.backbone, m.tap, index.num_classes)
+        self.net = Classifier(
+            m.backbone, m.tap, index.num_classes, m.get("compute_dtype", "float32")
+        )
 
     def init(self, rng):
         x = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
@@ -75,14 +63,15 @@ class BaselineMethod(Method):
             records, self.image_size
         )
 
-    def _logits(self, params, batch_stats, images, train):
+    def _apply(self, params, batch_stats, images, train):
+        """((logits, pooled features), batch-stat updates or None)."""
         variables = {"params": params, "batch_stats": batch_stats}
         if train:
             return self.net.apply(variables, images, train=True, mutable=["batch_stats"])
         return self.net.apply(variables, images, train=False), None
 
     def loss(self, params, state, batch, rng, phase):
-        logits, upd = self._logits(params, state["batch_stats"], batch["image"], True)
+        (logits, _), upd = self._apply(params, state["batch_stats"], batch["image"], True)
         labels = batch["labels"]
         if self.index.multilabel:
             loss = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
@@ -95,9 +84,15 @@ class BaselineMethod(Method):
         return {"image": image}
 
     def predict(self, state, batch):
-        logits, _ = self._logits(state["params"], state["batch_stats"], batch["image"], False)
+        (logits, pooled), _ = self._apply(
+            state["params"], state["batch_stats"], batch["image"], False
+        )
         probs = jax.nn.sigmoid(logits) if self.index.multilabel else jax.nn.softmax(logits)
-        return {outputs.LOGITS: logits, outputs.PROBS: probs}
+        return {
+            outputs.LOGITS: logits,
+            outputs.PROBS: probs,
+            outputs.FEATURES: pooled.astype(jnp.float32),
+        }
 
     def evaluate(self, predictions, records):
         labels = np.stack([r.labels for r in records])

@@ -87,13 +87,19 @@ def search_c(
 
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray, names, multilabel: bool) -> dict:
-    """Accuracy (mean per-label for multi-label) plus per-class AUC from the logits."""
-    probs = 1 / (1 + np.exp(-scores)) if multilabel else _softmax(scores)
-    rep = metrics_lib.classification_report(labels, probs, list(names))
+    """Accuracy (mean per-label for multi-label) plus per-class AUC from the logits; for
+    multi-label also each label's accuracy at logit 0 (``label_accuracy``)."""
+    rep = metrics_lib.classification_report(labels, probabilities(scores, multilabel), list(names))
     rep["accuracy"] = accuracy(labels, scores, multilabel)
+    if multilabel:
+        correct = (scores > 0) == (labels > 0.5)
+        rep["label_accuracy"] = {n: float(correct[:, i].mean()) for i, n in enumerate(names)}
     return rep
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
+def probabilities(scores: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Sigmoid (multi-label) or softmax of logits."""
+    if multilabel:
+        return 1 / (1 + np.exp(-scores))
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)

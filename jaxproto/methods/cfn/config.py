@@ -2,8 +2,11 @@
 
 ``get_config(dataset, arg)``: dataset in {ham10000, fairvlmed, mimic}; ``arg`` flags:
 ``synthetic`` (procedural primitives with reports, tiny DenseNet, 2-CPU minutes),
-``backbone=NAME`` (densenet121 default; resnet18/50, convnext_tiny/base), ``image_size=N``,
-``runlocal`` (tiny shapes for smoke tests).
+``backbone=NAME`` (densenet121 default; resnet18/50, convnext_tiny/base, vit_b_16: the CLS
+token after the encoder's final LayerNorm), ``image_size=N``,
+``runlocal`` (tiny shapes for smoke tests), ``data_format=class2images`` (CFN's split pickles
+``class2images_{train,val,test}.p`` with ``notes.json`` / ``reports.json`` instead of the
+published FairVLMed / R2Gen MIMIC-CXR files, ``jaxproto.data.fairvlmed`` / ``mimic_cxr``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from jaxproto.common import config as common
 from jaxproto.data import registry
 
 # Paper setups (cfn.md §2, §4, §7): backbone tap and selection size per dataset.
-TAPS = {"densenet": "final_relu", "resnet": "layer4", "convnext": "stage4"}
+TAPS = {"densenet": "final_relu", "resnet": "layer4", "convnext": "pooled", "vit": "cls"}
 NUM_CONCEPTS = {"ham10000": 800, "fairvlmed": 500, "mimic": 700}
 DATA = {
     "ham10000": {"name": "ham10000", "naming": "csv"},
-    "fairvlmed": {"name": "class2images", "naming": "reports"},
-    "mimic": {"name": "class2images", "naming": "reports"},
+    "fairvlmed": {"name": "fairvlmed", "naming": "reports"},
+    "mimic": {"name": "mimic_cxr", "naming": "reports"},
 }
 
 
@@ -33,7 +36,11 @@ def _family(backbone: str) -> str:
 def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
     if dataset not in DATA:
         raise ValueError(f"CFN dataset must be one of {sorted(DATA)}, got {dataset!r}")
-    arg = common.parse_arg(arg, synthetic=False, runlocal=False, backbone="", image_size=0)
+    arg = common.parse_arg(
+        arg, synthetic=False, runlocal=False, backbone="", image_size=0, data_format=""
+    )
+    if arg.data_format not in ("", "class2images"):
+        raise ValueError(f"data_format must be class2images (or unset), got {arg.data_format!r}")
     backbone = arg.backbone or ("densenet_tiny" if arg.synthetic else "densenet121")
     c = ml_collections.ConfigDict()
     c.method = "cfn"
@@ -41,6 +48,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     c.model.backbone = backbone
     c.model.tap = TAPS[_family(backbone)]
     c.model.image_size = arg.image_size or (64 if arg.synthetic else 224)
+    c.model.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     c.model.clip_norm = True  # cfn.md §2: CLIP mean/std even for ImageNet-pretrained nets
     c.model.init_from = ""  # user-supplied torchvision weights (.pth)
 
@@ -56,8 +64,8 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
                 "val_fraction": 0.0, "prepared": "",
             }
         )  # fmt: skip
-    else:
-        c.data = registry.default_data_config(DATA[dataset]["name"])
+    elif arg.data_format == "class2images":
+        c.data = registry.default_data_config("class2images")
         c.data.image_size = c.model.get_ref("image_size")
         if dataset == "fairvlmed":
             c.data.class_names = ["no", "yes"]
@@ -65,13 +73,15 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
         if dataset == "mimic":
             c.data.multilabel_keys = True
             c.data.reports_file = "reports.json"
+    else:
+        c.data = registry.default_data_config(DATA[dataset]["name"])
+        c.data.image_size = c.model.get_ref("image_size")
 
     c.train = common.train_block(
         batch_size=16,
         eval_batch_size=64,
         epochs=200.0,
         best_metric="accuracy",
-        eval_split="val",
         checkpoint_every_steps=500,
     )
     c.optim = ml_collections.ConfigDict({"lr": 1e-4, "weight_decay": 0.01})
@@ -100,8 +110,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
         {"features": "reconstruction", "max_iter": 1000, "bisection_rounds": 8}
     )
     c.cfn.explain_top = 4
-    c.mesh = common.mesh_block()
-    c.distributed = common.distributed_block()
+    common.add_run_blocks(c)  # eval (validation | paper, core.protocol), mesh, distributed
 
     if arg.synthetic:
         c.train.batch_size, c.train.epochs = 32, 8.0

@@ -12,69 +12,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxproto.common.errors import UserError
-from jaxproto.methods.cfn import omp as omp_lib
-from jaxproto.methods.cfn import stages
+from jaxproto.core import outputs
+from jaxproto.methods.cfn import bottleneck
+from jaxproto.methods.cfn import cbm as cbm_lib
 
 
-def _artefacts(source: str) -> str:
-    root = os.path.join(source, "cfn")
-    for stage in ("opaque", "selection", "cbm", "report"):
-        if not os.path.isfile(os.path.join(root, stage, "done.json")):
-            raise UserError(f"{source}: CFN stage {stage!r} not finished; rerun jaxproto.train")
-    return root
-
-
-def contributions(cavs, coef, intercept, w, beta, cls: int, features: str) -> tuple:
-    """(per-concept contributions (K,), residual term, class bias) for class ``cls``."""
-    if features == "reconstruction":
-        v = coef[cls] @ cavs.T  # V[y, k] = a_y . c_k
-        return w * v, beta * float(coef[cls].sum()), float(intercept[cls])
-    return w * coef[cls], 0.0, float(intercept[cls])
-
-
-def explain(method, request) -> dict[str, str]:
+def explain(method, state, request) -> dict[str, str]:
     """Writes ``explanation.json`` and ``explanation.html`` into ``request.out_dir``."""
-    root = _artefacts(request.source)
-    opaque = stages.load_tree(os.path.join(root, "opaque", "model.npz"))
+    cbm = bottleneck.load(request.source, method.config.cfn)
     image = method.eval_example_path(request.image)
-    out = method.predict(opaque, {"image": jnp.asarray(image[None])})
-    emb = np.asarray(jax.device_get(out["embedding"]))
-    sel = np.load(os.path.join(root, "selection", "select_idx.npy"))
-    cavs = np.load(os.path.join(root, "cav", "concept_cav.npy"))[sel]
-    latents = np.load(os.path.join(root, "cav", "latents.npy"))[sel]
-    with open(os.path.join(root, "naming", "names.json")) as f:
-        names = json.load(f)
-    cfg = method.config.cfn
-    w, beta = omp_lib.omp(
-        jnp.asarray(cavs.T), jnp.asarray(emb), int(cfg.omp.n_nonzero), bool(cfg.omp.fit_intercept)
-    )
-    w, beta = np.asarray(w)[0], float(np.asarray(beta)[0])
-    with np.load(os.path.join(root, "cbm", "cbm.npz")) as f:
-        coef, intercept = f["coef"], f["intercept"]
-    feats = stages.cbm_features(cfg.cbm.features, cavs, w[None], np.array([beta]))
-    logits = feats[0] @ coef.T + intercept
-    if method.index.multilabel:
-        probs = 1 / (1 + np.exp(-logits))
-    else:
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+    out = method.predict(state, {"image": jnp.asarray(image[None])})
+    emb = np.asarray(jax.device_get(out[outputs.FEATURES]))
+    logits, w, beta = cbm.scores(emb)
+    logits, w, beta = logits[0], w[0], float(beta[0])
+    probs = cbm_lib.probabilities(logits[None], bool(method.index.multilabel))[0]
     cls = int(np.argmax(logits))
-    contrib, residual, bias = contributions(cavs, coef, intercept, w, beta, cls, cfg.cbm.features)
-    top = np.argsort(-contrib)[: int(cfg.explain_top)]
+    contrib, residual = cbm.contributions(w, beta, cls)
+    top = np.argsort(-contrib)[: int(method.config.cfn.explain_top)]
     rows = []
     for k in top:
-        j = int(latents[k])
-        img_dir = os.path.join(root, "report", "img")
-        thumbs = sorted(p for p in os.listdir(img_dir) if p.startswith(f"latent{j}_"))
+        j = int(cbm.latents[k])
         rows.append(
             {
                 "concept": int(k),
                 "latent": j,
-                "name": names.get(str(j), f"latent #{j}"),
+                "name": cbm.names.get(j, f"latent #{j}"),
                 "weight": float(w[k]),
                 "contribution": float(contrib[k]),
-                "probing_images": [os.path.join(img_dir, t) for t in thumbs],
+                "probing_images": cbm.thumbnails(j),
             }
         )
     result = {
@@ -83,7 +48,7 @@ def explain(method, request) -> dict[str, str]:
         "predicted": method.class_names()[cls],
         "top_concepts": rows,
         "residual_term": residual,
-        "class_bias": bias,
+        "class_bias": float(cbm.intercept[cls]),
         "logit": float(logits[cls]),
     }
     os.makedirs(request.out_dir, exist_ok=True)

@@ -12,6 +12,7 @@ import os
 import cv2
 import numpy as np
 
+from jaxproto.common.errors import UserError
 from jaxproto.core import metrics as metrics_lib
 from jaxproto.data.images import load_image
 from jaxproto.methods.cfn import cbm as cbm_lib
@@ -52,6 +53,73 @@ def write(runner, out: str) -> dict:
     if truth is not None:
         summary.update({k: v for k, v in truth.items() if k != "primitives"})
     return summary
+
+
+def check_source_model(root: str, feats: np.ndarray, image_ids: list[str]) -> None:
+    """UserError when ``feats`` are embeddings of a stored split (same image ids, in order)
+    but differ from what the embeddings stage stored: the evaluated checkpoint is not the model
+    the bottleneck was built on."""
+    emb_dir = os.path.join(root, "embeddings")
+    for split in ("train", "val", "test"):
+        ids_path = os.path.join(emb_dir, f"ids_{split}.json")
+        if not os.path.isfile(ids_path):
+            continue
+        with open(ids_path) as f:
+            if json.load(f) != list(image_ids):
+                continue
+        stored = np.load(os.path.join(emb_dir, f"emb_{split}.npy"), mmap_mode="r")
+        if not np.allclose(stored, feats, rtol=1e-3, atol=1e-4):
+            with open(os.path.join(root, "opaque", "done.json")) as f:
+                used = json.load(f)["stats"]
+            raise UserError(
+                f"{root}: the evaluated checkpoint gives other {split} embeddings than the "
+                f"model the concept bottleneck was built on ({used['checkpoint']} state, step "
+                f"{used['step']}); evaluate with the matching --checkpoint"
+            )
+        return
+
+
+def concept_statistics(cbm, feats: np.ndarray, w: np.ndarray, beta: np.ndarray) -> dict:
+    """The bottleneck's concepts and how well a few of them rebuild these embeddings."""
+    with open(os.path.join(cbm.root, "sae", "done.json")) as f:
+        sae = json.load(f)["stats"]
+    f_hat = w @ cbm.cavs + beta[:, None]
+    ss_res = float(np.sum((feats - f_hat) ** 2))
+    ss_tot = float(np.sum((feats - feats.mean(axis=0)) ** 2))
+    named = sum(1 for j in cbm.latents if int(j) in cbm.names)
+    return {
+        "num_latents": int(sae["num_latents"]),
+        "alive_latents_train": int(sae["train"]["alive"]),
+        "sae_r2_train": float(sae["train"]["r2"]),
+        "sae_l0_train": float(sae["train"]["l0"]),
+        "selected": len(cbm.latents),
+        "named": named,
+        "omp_mean_nonzero": float((w != 0).sum(axis=1).mean()),
+        "omp_r2": 1.0 - ss_res / max(ss_tot, 1e-12),
+        "concepts_used": int((w != 0).any(axis=0).sum()),
+    }
+
+
+def summary_text(result: dict) -> str:
+    """``evaluate``'s text: opaque model beside the CBM (accuracy, mean AUC; per label for
+    multi-label data), then the concept statistics."""
+    opaque, cbm = result["opaque"], result["cbm"]
+    lines = [f"{'':24s}{'opaque':>10s}{'CBM':>10s}"]
+
+    def row(name, a, b):
+        fa = "n/a" if a is None else f"{a:.4f}"
+        fb = "n/a" if b is None else f"{b:.4f}"
+        lines.append(f"{name[:24]:24s}{fa:>10s}{fb:>10s}")
+
+    row("accuracy", opaque["accuracy"], cbm["accuracy"])
+    row("mean AUC", opaque["mean_auc"], cbm["mean_auc"])
+    for name in opaque["classes"]:
+        row(f"AUC {name}", opaque["classes"][name]["auc"], cbm["classes"][name]["auc"])
+    for name in opaque.get("label_accuracy", {}):
+        row(f"acc {name}", opaque["label_accuracy"][name], cbm["label_accuracy"][name])
+    lines.append(f"CBM / opaque accuracy   {result['cbm_over_opaque_accuracy']:.4f}")
+    lines.append("concepts: " + ", ".join(f"{k}={v:.4g}" for k, v in result["concepts"].items()))
+    return "\n".join(lines)
 
 
 def latent_aucs(z: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -21,6 +21,8 @@ import numpy as np
 from flax import traverse_util
 
 from jaxproto.core import logging as log_lib
+from jaxproto.core import outputs
+from jaxproto.methods.cfn import bottleneck
 from jaxproto.methods.cfn import cav as cav_lib
 from jaxproto.methods.cfn import cbm as cbm_lib
 from jaxproto.methods.cfn import naming as naming_lib
@@ -131,12 +133,18 @@ class StageRunner:
 
     # ------------------------------------------------------------------ stages
     def _opaque(self, out: str) -> dict:
+        """The frozen source model. ``best``: the state the trainer keeps as its best
+        checkpoint once this phase's final evaluation has run (the end state only if it beats
+        the best so far, as the trainer's strict comparison), so ``evaluate``, ``export`` and
+        ``explain`` load by default the model the concepts were built on; ``last``: the end
+        state."""
         state, source = self.state, "last"
         val = self._accuracy(state)
         if self.cfg.opaque_checkpoint == "best":
             best = _restore_best(self.workdir, state)
-            if best is not None and self._accuracy(best) > val:
-                state, source, val = best, "best", self._accuracy(best)
+            best_val = None if best is None else self._accuracy(best)
+            if best_val is not None and best_val >= val:
+                state, source, val = best, "best", best_val
         elif self.cfg.opaque_checkpoint != "last":
             raise ValueError(
                 f"cfn.opaque_checkpoint must be best or last, got {self.cfg.opaque_checkpoint!r}"
@@ -168,7 +176,7 @@ class StageRunner:
             try:
                 stream = self.ctx.stream_predictions(state, records, int(self.cfg.embed_batch_size))
                 for idx, preds in stream:
-                    e, lg = np.asarray(preds["embedding"]), np.asarray(preds["logits"])
+                    e, lg = np.asarray(preds[outputs.FEATURES]), np.asarray(preds[outputs.LOGITS])
                     if emb is None:
                         emb = np.lib.format.open_memmap(
                             os.path.join(out, f"emb_{split}.npy"),
@@ -297,7 +305,7 @@ class StageRunner:
             )
             np.save(os.path.join(out, f"omp_w_{split}.npy"), w)
             np.save(os.path.join(out, f"omp_b_{split}.npy"), b)
-            feats[split] = cbm_features(c.cbm.features, cavs, w, b)
+            feats[split] = bottleneck.cbm_features(c.cbm.features, cavs, w, b)
             labels[split] = np.load(os.path.join(self.d("embeddings"), f"labels_{split}.npy"))
         ml = bool(self.index.multilabel)
         chosen, tried = cbm_lib.search_c(
@@ -317,15 +325,6 @@ class StageRunner:
 
     def _report(self, out: str) -> dict:
         return report_lib.write(self, out)
-
-
-def cbm_features(kind: str, cavs: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Classifier input: OMP rebuild f_hat = w C + beta (default) or the weights w."""
-    if kind == "reconstruction":
-        return np.asarray(omp_lib.reconstruct(cavs.T, w, b))
-    if kind == "weights":
-        return w
-    raise ValueError(f"cfn.cbm.features must be reconstruction or weights, got {kind!r}")
 
 
 def _key_of(folder: str) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxproto.common import config as common
+from jaxproto.data.loading import AUTO
 from jaxproto.data.registry import default_data_config
 
 # cipl.md §3.3: hard-coded sampler weights (Pneumonia 100, Hernia 150; No Finding base weight,
@@ -57,8 +58,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
             c.data.augment.pair_degrees = 30.0
             c.data.augment.pair_scale = [0.8, 1.2]
             c.data.augment.pair_shear = 25.0
-    c.mesh = common.mesh_block()
-    c.distributed = common.distributed_block()
+    common.add_run_blocks(c)  # eval (validation | paper, core.protocol), mesh, distributed
     return c
 
 
@@ -86,6 +86,7 @@ def _base(
     # prototypes per class (not 50) the logits' dynamic range is too small to learn in minutes.
     c.model.similarity_scale = 8.0 if synthetic else 0.0
     c.model.bn_running_var = "unbiased"
+    c.model.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     c.model.student_bn_split = True
     c.model.ema_momentum = 0.999
     c.model.predict_similarity_maps = False
@@ -95,7 +96,7 @@ def _base(
     c.data.like = like
     c.data.num_train = 960 if synthetic else 0
     c.data.num_test = 200 if synthetic else 0
-    c.data.num_val = 0
+    c.data.num_val = AUTO  # synthetic: a val split of num_test images (validation protocol)
     c.data.class_weights = []  # empty = total positives / class count (cipl.md §3.3)
     c.data.background_weight_single = 2.0  # background weight multiplier, warm-up loader
     c.data.background_weight_pairs = 3.0  # and main/last-layer loader

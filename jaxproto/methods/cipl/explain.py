@@ -92,6 +92,7 @@ def page_header(method, image_path: str) -> report.Header:
         input=os.path.abspath(image_path),
         protocol=f"{protocol}; eval transform at {int(m.image_size)} px; probabilities are "
         "sigma(z_k - z_background)",
+        selection=prov.get("selection", ""),
     )
 
 

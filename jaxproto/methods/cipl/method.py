@@ -307,30 +307,25 @@ class CiplMethod(Method):
             )
         light = aug.get("policy", "official") == "light"
         gray = bool(aug.elastic_grayscale)
+        if phase.data not in ("single", "pairs"):
+            raise ValueError(f"CIPL has no data variant {phase.data!r}; use 'single' or 'pairs'")
+        w = self._image_weights(labels, float(d[f"background_weight_{phase.data}"]))
         if phase.data == "single":
-            w = self._image_weights(labels, float(d.background_weight_single))
-            tf = (
-                data.LightTrainTransform(size)
-                if light
-                else data.CiplTrainTransform(
+            if light:
+                tf = data.LightTrainTransform(size)
+            else:
+                tf = data.CiplTrainTransform(
                     size, affine=_affine(aug, "single"), elastic_grayscale=gray
                 )
-            )
             return samplers.WeightedSampler(w, len(records), seed), data.SingleExample(records, tf)
-        if phase.data == "pairs":
-            w = self._image_weights(labels, float(d.background_weight_pairs))
-            tf = (
-                data.LightPairViewTransform(size)
-                if light
-                else data.CiplPairViewTransform(
-                    size,
-                    pad=int(aug.pair_pad) or None,
-                    affine=_affine(aug, "pair"),
-                    elastic_grayscale=gray,
-                )
+        if light:
+            tf = data.LightPairViewTransform(size)
+        else:
+            pad = int(aug.pair_pad) or None
+            tf = data.CiplPairViewTransform(
+                size, pad=pad, affine=_affine(aug, "pair"), elastic_grayscale=gray
             )
-            return data.PairSampler(labels, seed, weights=w), data.PairExample(records, tf)
-        raise ValueError(f"CIPL has no data variant {phase.data!r}; use 'single' or 'pairs'")
+        return data.PairSampler(labels, seed, weights=w), data.PairExample(records, tf)
 
     def eval_example(self, record: Record) -> dict[str, np.ndarray]:
         img = eval_transform(load_image(record.path), int(self.config.model.image_size))
@@ -456,6 +451,7 @@ class CiplMethod(Method):
                 logits[:, self.fg_eval] - logits[:, self.background : self.background + 1]
             ),
             outputs.LOGITS: logits,
+            outputs.FEATURES: out["features"],
             MIN_DISTANCES: out["min_distances"],
             CLASS_MAPS: jnp.max(per_class, axis=-1),
         }

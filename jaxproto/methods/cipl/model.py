@@ -104,14 +104,21 @@ class CiplNet(nn.Module):
         taps = self.backbone(x, train=train)
         return self.pretrain_classifier(jnp.mean(nn.relu(taps[self.pretrain_tap]), axis=(1, 2)))
 
-    def embed(self, x: jax.Array, train: bool) -> jax.Array:
-        """Images (N, H, W, 3) -> sigmoid embeddings (N, h, w, D)."""
+    def backbone_map(self, x: jax.Array, train: bool) -> jax.Array:
+        """Images (N, H, W, 3) -> the backbone's feature map at ``tap`` (N, h, w, C)."""
         taps = self.backbone(x, train=train)
         if self.tap not in taps:
             raise ValueError(f"backbone returned taps {sorted(taps)}, expected {self.tap!r}")
-        f = self.toplayer(taps[self.tap])
-        f = nn.relu(self.add_on_0(f))
+        return taps[self.tap]
+
+    def add_on(self, f: jax.Array) -> jax.Array:
+        """Backbone map -> sigmoid embeddings (N, h, w, D)."""
+        f = nn.relu(self.add_on_0(self.toplayer(f)))
         return nn.sigmoid(self.add_on_1(f))
+
+    def embed(self, x: jax.Array, train: bool) -> jax.Array:
+        """Images (N, H, W, 3) -> sigmoid embeddings (N, h, w, D)."""
+        return self.add_on(self.backbone_map(x, train))
 
     def classify(self, z: jax.Array) -> dict[str, jax.Array]:
         """Embeddings -> distance maps (N, h, w, P), min distances (N, P), logits (N, C)."""
@@ -123,8 +130,11 @@ class CiplNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         if self.pretrain_head and self.is_initializing():
             self.pretrain_logits(x, train)
-        z = self.embed(x, train)
-        return {"embeddings": z, **self.classify(z)}
+        f = self.backbone_map(x, train)
+        z = self.add_on(f)
+        # Pooled backbone features: the inputs of the export's out-of-distribution statistics.
+        pooled = jnp.mean(f.astype(jnp.float32), axis=(1, 2))
+        return {"embeddings": z, "features": pooled, **self.classify(z)}
 
 
 def build_model(
@@ -143,6 +153,7 @@ def build_model(
         taps=tuple(dict.fromkeys((tap, last) if pretrain_head else (tap,))),
         with_head=False,
         bn_running_var=model_cfg.get("bn_running_var", "unbiased"),
+        dtype=model_cfg.get("compute_dtype", "float32"),
     )
     scale = float(model_cfg.get("similarity_scale", 0.0)) or float(model_cfg.proto_dim)
     return CiplNet(

@@ -6,7 +6,7 @@ training vectors whose nearest same-concept prototype is p^{k_m}; 0 = dead proto
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import jax.numpy as jnp
@@ -70,6 +70,15 @@ class AtlasBuilder:
         }
 
 
+def linked_prototypes(atlas_index: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """Yields (k, m, training record index) for every prototype linked to an atlas image."""
+    index = np.asarray(atlas_index)
+    for k in range(index.shape[0]):
+        for m in range(index.shape[1]):
+            if int(index[k, m]) >= 0:
+                yield k, m, int(index[k, m])
+
+
 def write_prototype_atlas(
     out_dir: str,
     atlas: dict[str, np.ndarray],
@@ -80,35 +89,30 @@ def write_prototype_atlas(
 ) -> tuple[str, str]:
     """Writes ``atlas.html`` / ``atlas.json`` (browsable, grouped by concept) and one PNG per
     linked training image under ``out_dir``; returns the (json, html) paths."""
-    index = np.asarray(atlas["atlas_index"])
-    k_count, m_count = index.shape
+    m_count = np.shape(atlas["atlas_index"])[1]
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     written: dict[int, str] = {}
     entries = []
-    for k in range(k_count):
-        for m in range(m_count):
-            i = int(index[k, m])
-            if i < 0:
-                continue
-            if i not in written:
-                rel = os.path.join("images", f"train_{i:06d}.png")
-                shown = max(image_size, DISPLAY_MIN)
-                img = cv2.resize(
-                    load_image(records[i].path), (shown, shown), interpolation=cv2.INTER_AREA
-                )
-                save_png(os.path.join(out_dir, rel), img)
-                written[i] = rel
-            entries.append(
-                {
-                    "prototype_id": k * m_count + m,
-                    "class_name": str(concept_names[k]),
-                    "source_image_id": records[i].image_id,
-                    "image": written[i],
-                    "similarity": float(atlas["atlas_score"][k, m]),
-                    "hit_count": int(atlas["hit_count"][k, m]),
-                    "pruned": bool(proto_mask is not None and proto_mask[k, m] == 0),
-                }
+    for k, m, i in linked_prototypes(atlas["atlas_index"]):
+        if i not in written:
+            rel = os.path.join("images", f"train_{i:06d}.png")
+            shown = max(image_size, DISPLAY_MIN)
+            img = cv2.resize(
+                load_image(records[i].path), (shown, shown), interpolation=cv2.INTER_AREA
             )
+            save_png(os.path.join(out_dir, rel), img)
+            written[i] = rel
+        entries.append(
+            {
+                "prototype_id": k * m_count + m,
+                "class_name": str(concept_names[k]),
+                "source_image_id": records[i].image_id,
+                "image": written[i],
+                "similarity": float(atlas["atlas_score"][k, m]),
+                "hit_count": int(atlas["hit_count"][k, m]),
+                "pruned": bool(proto_mask is not None and proto_mask[k, m] == 0),
+            }
+        )
     if not entries:
         raise ValueError("no prototype could be linked to a training image (no concept present)")
     header = Header(

@@ -214,6 +214,7 @@ def _page_header(method, image: str | np.ndarray) -> Header:
         input=os.path.abspath(image) if isinstance(image, str) else "an in-memory image",
         protocol=f"{protocol}; prediction = arg-max class; alpha = {float(m.alpha):g}, "
         f"clip_negative = {m.clip_negative}, interaction grid = {m.interaction_grid}",
+        selection=prov.get("selection", ""),
     )
 
 

@@ -43,6 +43,7 @@ from jaxproto.methods.csr.model import (
     CONCEPT_MAPS,
     V_PROJ,
     CsrModel,
+    fold_head_bn,
     pool_scores,
     spatial_softmax_pool,
 )
@@ -62,6 +63,13 @@ _STAGE_LABELS = {
     "stage2": (("prototypes", r"^prototypes$"), ("projector", ".*")),
     "stage3": (("head", ".*"),),
 }
+
+
+def _stage_phase(name: str, stage: str, loss: str, epochs: float, **hooks) -> Phase:
+    """A phase of ``stage`` (its optimizer and ``STAGE_TRAINABLE`` regex)."""
+    return Phase(
+        name, stage, STAGE_TRAINABLE[stage], loss=loss, epochs=epochs, stream=stage, **hooks
+    )
 
 
 class CsrMethod(Method):
@@ -87,7 +95,9 @@ class CsrMethod(Method):
         self.M = int(m.prototypes_per_concept)
         if backbone is None:
             tap = m.get("tap") or get_spec(m.backbone).default_taps[-1]
-            backbone = build_backbone(m.backbone, taps=(tap,))
+            backbone = build_backbone(
+                m.backbone, taps=(tap,), dtype=m.get("compute_dtype", "float32")
+            )
         self.model = CsrModel(
             backbone=backbone,
             num_concepts=self.num_concepts,
@@ -104,6 +114,10 @@ class CsrMethod(Method):
             raise ValueError(f"refine.mode must be one of {REFINE_MODES}, got {refine.mode!r}")
         self.refine_mode = refine.mode
         self.prune_ids = [int(i) for i in refine.prune]
+        if m.get("revival_seed", "split") not in usage.SEEDS:
+            raise ValueError(
+                f"model.revival_seed must be one of {usage.SEEDS}, got {m.revival_seed!r}"
+            )
         loss_cfg = config.loss
         if loss_cfg.margin_mode not in losses.MARGIN_MODES:
             raise ValueError(
@@ -171,12 +185,11 @@ class CsrMethod(Method):
         n = max(1, math.ceil(total))
         epochs = [1.0] * (n - 1) + [total - (n - 1)]
         proto_phases = [
-            Phase(
+            _stage_phase(
                 f"prototypes_{e + 1}",
                 "stage2",
-                trainable=STAGE_TRAINABLE["stage2"],
-                loss="prototypes",
-                epochs=epochs[e],
+                "prototypes",
+                epochs[e],
                 before=first if e == 0 else (),
                 after=(functools.partial(self.usage_hook, epoch=e + 1, last=e == n - 1),)
                 + ((self.atlas_hook,) if e == n - 1 else ()),
@@ -184,29 +197,22 @@ class CsrMethod(Method):
             for e in range(n)
         ]
         return [
-            Phase(
-                "concepts",
-                "stage1",
-                trainable=STAGE_TRAINABLE["stage1"],
-                loss="concepts",
-                epochs=float(o.stage1.epochs),
-            ),
+            _stage_phase("concepts", "stage1", "concepts", float(o.stage1.epochs)),
             *proto_phases,
-            Phase(
+            _stage_phase(
                 "task_head",
                 "stage3",
-                trainable=STAGE_TRAINABLE["stage3"],
-                loss="task",
-                epochs=float(o.stage3.epochs),
+                "task",
+                float(o.stage3.epochs),
                 before=prune if retrain else (),
                 after=() if retrain else prune,
             ),
         ]
 
     def train_data(self, phase: Phase, records: Sequence[Record]):
-        seed = int(self.config.train.seed) + 7919 * [p.name for p in self.phases()].index(
-            phase.name
-        )
+        # One shuffle stream per stage: the per-epoch phases of stage 2 continue one stream.
+        stages = list(dict.fromkeys(p.optimizer for p in self.phases()))
+        seed = int(self.config.train.seed) + 7919 * stages.index(phase.optimizer)
         return ShuffleSampler(len(records), seed), CsrExample(
             records, self.image_size, self.num_concepts, train=True
         )
@@ -313,6 +319,24 @@ class CsrMethod(Method):
         )
         return {"html": result["html"], "json": result["json"]}
 
+    def export_state(
+        self, state: dict, config: ml_collections.ConfigDict
+    ) -> tuple[dict, ml_collections.ConfigDict]:
+        """With ``model.head_input_bn``: the task-head BatchNorm folded into the linear head
+        (spec §3.3, ``model.fold_head_bn``); the exported config then reads
+        ``head_input_bn=False, head_bias=True``, which is the folded model."""
+        if not bool(config.model.head_input_bn):
+            return state, config
+        params, stats = fold_head_bn(state["params"], state["batch_stats"])
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.model.head_input_bn = False
+        config.model.head_bias = True
+        log.info("export: task-head BatchNorm folded into the linear head")
+        return {
+            **state,
+            **jax.tree.map(np.asarray, {"params": params, "batch_stats": stats}),
+        }, config
+
     def prediction_arrays(self, predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Concept probabilities (N, K) beside the class-probability CSV."""
         return {outputs.CONCEPT_PROBS: predictions[outputs.CONCEPT_PROBS]}
@@ -357,7 +381,13 @@ class CsrMethod(Method):
         revived = np.zeros(hits.shape, bool)
         if bool(m.get("prototype_revival", False)) and not last:
             new, revived = usage.revive(
-                protos, hits, self._dead_epochs, int(m.revival_patience), vectors, present
+                protos,
+                hits,
+                self._dead_epochs,
+                int(m.revival_patience),
+                vectors,
+                present,
+                seed=m.get("revival_seed", "split"),
             )
             if revived.any():
                 state = _set_params(state, "prototypes", new)
@@ -427,7 +457,8 @@ class CsrMethod(Method):
 
 def predict_outputs(model: CsrModel, state: dict, images: jax.Array, clip_negative: str) -> dict:
     """Inference outputs: class logits/probs, concept logits/probs, per-concept maps (max over the
-    concept's unpruned prototypes of S), best prototype per concept, projected concept vectors."""
+    concept's unpruned prototypes of S), best prototype per concept, projected concept vectors,
+    and the pooled backbone features (out-of-distribution statistics)."""
     mask = state["extra"]["proto_mask"]
 
     def fwd(mdl, x):
@@ -436,9 +467,9 @@ def predict_outputs(model: CsrModel, state: dict, images: jax.Array, clip_negati
         v_proj = mdl.project(spatial_softmax_pool(f, cam), None, False)
         sims = mdl.similarity(f)
         s = pool_scores(sims, clip_negative=clip_negative, proto_mask=mask)
-        return mdl.head(s, train=False), z, v_proj, sims, s
+        return mdl.head(s, train=False), z, v_proj, sims, s, jnp.mean(f, axis=(1, 2))
 
-    logits, z, v_proj, sims, s = model.apply(
+    logits, z, v_proj, sims, s, pooled = model.apply(
         {"params": state["params"], "batch_stats": state["batch_stats"]}, images, method=fwd
     )
     alive = mask[None, :, :, None, None] > 0
@@ -452,6 +483,7 @@ def predict_outputs(model: CsrModel, state: dict, images: jax.Array, clip_negati
         BEST_PROTOTYPE: jnp.argmax(s.reshape(b, k, m), axis=-1),
         V_PROJ: v_proj,
         ALIVE_PROTOTYPES: jnp.full((b,), jnp.sum(mask), jnp.float32),
+        outputs.FEATURES: pooled,
     }
 
 

@@ -22,6 +22,7 @@ import optax
 from jaxproto.core import outputs
 from jaxproto.core.logging import Progress
 from jaxproto.data.records import Record
+from jaxproto.methods.csr import atlas as atlas_lib
 from jaxproto.methods.csr import interact, losses
 from jaxproto.methods.csr.model import ALIVE_PROTOTYPES, CONCEPT_MAPS
 
@@ -120,7 +121,7 @@ def prototypes_in_box(
     their atlas image — lies in ``box`` (x, y, w, h in network-input pixels), e.g. a spurious
     marker."""
     atlas = np.asarray(jax.device_get(state["extra"]["atlas_index"]))
-    k_count, m_count = atlas.shape
+    m_count = atlas.shape[1]
     linked = sorted({int(i) for i in atlas.ravel() if i >= 0})
     if not linked:
         return []
@@ -130,14 +131,10 @@ def prototypes_in_box(
     size = method.image_size
     cells = interact.importance_map([box], [], 0.0, (gh, gw), (size, size)) > 0
     out = []
-    for k in range(k_count):
-        for m in range(m_count):
-            i = int(atlas[k, m])
-            if i < 0:
-                continue
-            r, c = np.unravel_index(int(np.argmax(cache.sims[row[i], k, m])), (gh, gw))
-            if cells[r, c]:
-                out.append(k * m_count + m)
+    for k, m, i in atlas_lib.linked_prototypes(atlas):
+        r, c = np.unravel_index(int(np.argmax(cache.sims[row[i], k, m])), (gh, gw))
+        if cells[r, c]:
+            out.append(k * m_count + m)
     return out
 
 

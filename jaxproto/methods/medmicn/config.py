@@ -54,24 +54,35 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     m.backbone_feature = "imagenet_logits"  # imagenet_logits (the code) | pooled
     m.cam_tap = ""  # "" = the backbone's last conv block (Grad-CAM)
     m.init_from = ""  # ImageNet weights (torchvision .pth or converted .msgpack), head kept
+    # Synthetic: 128 px. At 96 px (2.4x faster steps) the tiny ResNet learnt only the two
+    # concepts the task needs in 1000 steps (concept accuracy 0.75, pooled or logits features).
     m.image_size = arg.image_size or (128 if synthetic else 224)
+    m.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     m.resize = 0  # shorter side to this, then centre-crop image_size (0: image_size·256/224)
     m.emb_size = 8
     m.pre_proj_dim = 64 if synthetic else pre
     m.pre_proj_dropout = 0.0
     m.fusion_hidden = list(hidden)
     m.fusion_dropout = []
-    m.dcr_temperature = 100.0  # faithful; a no-op for N <= 100 (spec §3): use < N for sparse rules
+    # 100 is faithful and a no-op for N <= 100 (spec §3): every rule lists all N concepts. The
+    # synthetic variant uses 1 (< N: sparse rules that can be checked against the planted ones).
+    m.dcr_temperature = 1.0 if synthetic else 100.0
     m.relevance_gate = "softselect"  # softselect | sigmoid | softmax_max
     m.torch_init = True  # PyTorch Linear init U(±1/√fan_in) for the head (False: Flax defaults)
 
-    # Synthetic: the concept term weighs 1.0, not 0.1: a from-scratch tiny backbone must learn
-    # all N primitives, and only two of them carry the task gradient (ImageNet features exist).
+    # Synthetic: the concept term weighs 10, not 0.1: a from-scratch tiny backbone must learn
+    # all N primitives, and the concept BCE is a mean over N = 13 concepts while the task CE
+    # (on logits) pulls the shared backbone towards the two concepts of the rule. At weight 1
+    # the other 11 concepts stalled near their priors (concept accuracy 0.76-0.78 at steps
+    # 250-540); at 10 they kept improving (README Results).
+    # Its task loss is CE on the logits: CE on σ(logits) (the code) has a dead zone once both
+    # sigmoids saturate (the loss sticks at ln 2 with zero gradient), which a from-scratch
+    # backbone at lr 2e-3 reaches within ~20 steps; the fused head then predicts one class.
     c.loss = ml_collections.ConfigDict(
         {
-            "task_loss": "ce_on_sigmoid",
+            "task_loss": "ce_on_logits" if synthetic else "ce_on_sigmoid",
             "w_task": 1.0,
-            "w_concept": 1.0 if synthetic else 0.1,
+            "w_concept": 10.0 if synthetic else 0.1,
             "w_neural": 0.1,
         }
     )
@@ -88,7 +99,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
         c.data.val_fraction = 0.0
         c.data.seed = 0
         c.data.like = like
-        c.data.num_train = 1600
+        c.data.num_train = 2000
         c.data.num_test = 400
         c.data.num_val = 200 if protocol == "fair" else 0
         c.data.prepared = ""
@@ -102,7 +113,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     o.lr = 2e-3 if synthetic else lr
     o.weight_decay = 0.01  # torch AdamW default (optax's is 1e-4)
     o.b1, o.b2, o.eps = 0.9, 0.999, 1e-8
-    o.epochs = 10.0 if synthetic else 100.0
+    o.epochs = 16.0 if synthetic else 100.0
     c.input = ml_collections.ConfigDict(
         {
             "augment": "flip" if synthetic else "none",  # none (the code) | flip
@@ -115,7 +126,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
         eval_batch_size=64 if synthetic else 32,
         eval_split="val" if protocol == "fair" else "test",
         best_metric=f"{protocol}/task_accuracy",
-        eval_every_epochs=5.0 if synthetic else 1.0,
+        eval_every_epochs=4.0 if synthetic else 1.0,
         checkpoint_every_steps=1000,
     )
     c.mesh = common.mesh_block()

@@ -65,10 +65,13 @@ def protocol_metrics(
 
 
 def rule_table(
-    global_rules: dict[str, list], planted: dict[str, list] | None, top: int = 5
+    global_rules: dict[str, list],
+    planted: dict[str, list] | None,
+    checks: dict[str, dict] | None = None,
+    top: int = 5,
 ) -> dict[str, dict]:
     """Per class: the ``top`` most frequent minterms with counts and, when the true rule is
-    known (synthetic data), whether the most frequent one contains it."""
+    known (synthetic data), the planted rule and ``checks`` (``rules.check_planted_rules``)."""
     out = {}
     for name, items in global_rules.items():
         row: dict = {
@@ -80,7 +83,8 @@ def rule_table(
             row["planted"] = [
                 " & ".join(n if pos else f"~{n}" for n, pos in alt) for alt in planted[name]
             ]
-            row["check"] = rules_lib.check_planted(items[0][0], planted[name]) if items else None
+        if checks is not None and name in checks:
+            row["check"] = checks[name]
         out[name] = row
     return out
 
@@ -124,7 +128,11 @@ def evaluate(
         class_names,
     )
     result["no_active_class"] = int(sum(r.class_index < 0 for r in local))
-    result["rules"] = rule_table(rules_lib.global_rules(local, class_names), planted)
+    checks = None
+    if planted is not None and not np.isnan(concepts).any():
+        checks = rules_lib.check_planted_rules(local, concepts, concept_names, planted)
+        result["planted_rules_ok"] = float(all(c["ok"] for c in checks.values()))
+    result["rules"] = rule_table(rules_lib.global_rules(local, class_names), planted, checks)
     return result
 
 
@@ -148,10 +156,17 @@ def format_result(result: dict) -> str:
         for item in row["top"]:
             lines.append(f"    {item['count']:>5}  {item['rule']}")
         if row.get("check"):
-            chk = row["check"]
-            lines.append(
-                f"    planted {' | '.join(row['planted'])}: "
-                f"{'contained' if chk['ok'] else 'NOT contained'} in the top rule, "
-                f"{chk['extra_literals']} extra literal(s)"
-            )
+            lines.append(f"    planted: {' | '.join(row['planted'])}")
+            for alt, chk in zip(row["planted"], row["check"]["alternatives"], strict=True):
+                scope = "top rule" if len(row["planted"]) == 1 else "top rule where only it holds"
+                lines.append(
+                    f"      {alt}: {'contained' if chk['ok'] else 'NOT contained'} in the {scope}"
+                    f" ({chk['count']} of {chk['samples']} samples), "
+                    f"{chk['extra_literals']} extra literal(s)"
+                    + (f", missing {', '.join(chk['missing'])}" if chk["missing"] else "")
+                )
+            if row["check"]["ambiguous"]:
+                lines.append(
+                    f"      ({row['check']['ambiguous']} samples satisfy several: not checked)"
+                )
     return "\n".join(lines)

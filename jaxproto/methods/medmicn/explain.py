@@ -248,6 +248,7 @@ def explain(method, state: dict, request: ExplainRequest) -> dict[str, str]:
         protocol=f"eval-mode BatchNorm (fair protocol), DCR temperature "
         f"{method.config.model.dcr_temperature:g}, preprocessing Resize+CenterCrop "
         f"{method.image_size}",
+        selection=method.provenance.get("selection", ""),
     )
     files["html"] = report.write_html_report(
         os.path.join(request.out_dir, "report.html"), "Med-MICN explanation", sections, header

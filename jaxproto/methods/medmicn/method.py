@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from jaxproto.backbones import get_spec, init_with_pretrained
+from jaxproto.common.errors import ConfigError
 from jaxproto.core import outputs
 from jaxproto.core.method import Converter, ExplainRequest, Method, Phase
 from jaxproto.data import samplers, synthetic_concepts
@@ -49,11 +50,16 @@ def build_model(config: ml_collections.ConfigDict, num_concepts: int, num_classe
         relevance_gate=m.relevance_gate,
         torch_init=bool(m.torch_init),
         cam_tap=m.cam_tap,
+        compute_dtype=m.get("compute_dtype", "float32"),
     )
 
 
 class MedMicnMethod(Method):
     """Concept embeddings + DCR rules + fused prediction (NeurIPS 2024)."""
+
+    # Its own protocols (specs/medmicn.md §8): faithful = the paper's (best test epoch), fair =
+    # validation selection; eval.protocol -> the split model selection uses (core.protocol).
+    PROTOCOLS = {"faithful": "test", "fair": "val"}
 
     def __init__(self, config: ml_collections.ConfigDict, index: DatasetIndex):
         super().__init__(config, index)
@@ -143,10 +149,27 @@ class MedMicnMethod(Method):
     def eval_example(self, record: Record) -> dict[str, np.ndarray]:
         return self._eval_example.example(record, None)
 
+    def faithful_feasible(self, batch_size: int) -> bool:
+        """Whether train-mode BatchNorm (the faithful protocol) gets at least 2 values per
+        channel at the backbone's coarsest map for ``batch_size`` images: one image whose last
+        map is 1×1 (e.g. 32 px into a stride-32 backbone) has none to normalise (torch raises)."""
+        spec = get_spec(self.config.model.backbone)
+        stride = max(s for _, s in spec.tap_info(**spec.config).values())
+        side = -(-self.image_size // stride)
+        return batch_size * side * side >= 2
+
     def predict(self, state, batch) -> dict[str, jax.Array]:
         fair, _ = self.forward(state["params"], state["batch_stats"], batch["image"], False)
-        faithful, _ = self.forward(state["params"], state["batch_stats"], batch["image"], True)
+        b = batch["image"].shape[0]
+        if self.faithful_feasible(b):
+            faithful, _ = self.forward(state["params"], state["batch_stats"], batch["image"], True)
+        else:  # predict/explain of single small images: only evaluate reads faithful outputs
+            log.info(
+                "faithful outputs skipped for a batch of %d at %d px (NaN)", b, self.image_size
+            )
+            faithful = {k: jnp.full_like(fair[k], jnp.nan) for k in RULE_KEYS}
         return {
+            "faithful_valid": jnp.full((b,), self.faithful_feasible(b)),
             outputs.LOGITS: fair["fused_logits"],
             outputs.PROBS: fair["fused"],
             outputs.CONCEPT_PROBS: fair["concept_probs"],
@@ -162,6 +185,13 @@ class MedMicnMethod(Method):
         return synthetic_concepts.planted_rules(like) if like in synthetic_concepts.RULES else None
 
     def evaluate(self, predictions: dict[str, np.ndarray], records: Sequence[Record]) -> dict:
+        if not np.all(predictions["faithful_valid"]):
+            raise ConfigError(
+                "the faithful protocol (train-mode BatchNorm on each test batch) needs at least 2 "
+                f"values per channel at the backbone's last map; model.image_size="
+                f"{self.image_size} with train.eval_batch_size="
+                f"{self.config.train.eval_batch_size} gives 1: raise either"
+            )
         labels = np.array([data_lib.target_of(r) for r in records])
         has = all(r.concepts is not None for r in records)
         concepts = (

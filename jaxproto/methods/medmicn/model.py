@@ -98,6 +98,7 @@ class MedMicnModel(nn.Module):
     relevance_gate: str = "softselect"
     torch_init: bool = False
     cam_tap: str = ""
+    compute_dtype: str = "float32"
     backbone_overrides: tuple[tuple[str, object], ...] = ()
 
     def feature_tap(self) -> str:
@@ -119,6 +120,7 @@ class MedMicnModel(nn.Module):
             taps=(self.conv_tap(), tap),
             with_head=tap == "logits",
             name="backbone",
+            dtype=self.compute_dtype,
             **dict(self.backbone_overrides),
         )
         taps = net(x, train=train)

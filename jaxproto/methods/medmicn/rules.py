@@ -125,3 +125,42 @@ def check_planted(minterm: str, planted: Sequence[Sequence[tuple[str, bool]]]) -
         "extra_literals": len(extra),
         "extra": [f"{n}" if p else f"~{n}" for n, p in extra],
     }
+
+
+def check_planted_rules(
+    rules: Sequence[LocalRule],
+    concepts: np.ndarray,
+    concept_names: Sequence[str],
+    planted: dict[str, Sequence[Sequence[tuple[str, bool]]]],
+) -> dict[str, dict]:
+    """Per class, whether its learned rules contain its planted rule (a DNF of conjunctions).
+
+    A class whose planted rule is one conjunction (the positive class, e.g. malignant ⇔ Papule
+    ∧ ¬Xerosis) is checked on its most frequent global minterm. A class whose rule is a
+    disjunction (its negation, ¬Papule ∨ Xerosis) cannot be contained in one minterm; each
+    disjunct is checked on the most frequent minterm of the samples (true concepts
+    ``concepts``, (B, N)) for which that disjunct is the only one that holds; samples where
+    several hold are counted as ``ambiguous``. ``ok``: every checked conjunction appears with
+    its polarities; extra literals are counted."""
+    col = {name: i for i, name in enumerate(concept_names)}
+    c = np.asarray(concepts) > 0.5
+    out = {}
+    for name, alts in planted.items():
+        holds = np.stack(
+            [np.all([c[:, col[n]] == bool(pos) for n, pos in alt], axis=0) for alt in alts], 1
+        )
+        mine = [r for r in rules if r.class_index >= 0 and r.class_name == name]
+        rows = []
+        for a, alt in enumerate(alts):
+            group = mine
+            if len(alts) > 1:
+                group = [r for r in mine if holds[r.sample, a] and holds[r.sample].sum() == 1]
+            counts = collections.Counter(r.minterm() for r in group)
+            top = min(counts.items(), key=lambda kv: (-kv[1], kv[0])) if counts else ("", 0)
+            row = {"samples": len(group), "rule": top[0], "count": int(top[1])}
+            row.update(check_planted(top[0], [alt]))
+            row["ok"] = bool(row["ok"] and group)
+            rows.append(row)
+        ambiguous = sum(1 for r in mine if holds[r.sample].sum() > 1)
+        out[name] = {"ok": all(r["ok"] for r in rows), "alternatives": rows, "ambiguous": ambiguous}
+    return out

@@ -19,6 +19,7 @@ import dataclasses
 import ml_collections
 
 from jaxproto.common import config as common
+from jaxproto.data.loading import AUTO
 from jaxproto.data.registry import default_data_config
 
 
@@ -63,6 +64,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     c.model.resize = 0  # shorter side before the centre crop; 0 = image_size * 256 / 224
     c.model.rand_resize = False  # RandomResizedCrop instead of the centre crop ("+RR")
     c.model.bn_running_var = "unbiased"
+    c.model.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
 
     c.data = default_data_config("synthetic" if arg.synthetic else dataset)
     c.data.image_size = c.model.get_ref("image_size")
@@ -72,7 +74,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     if arg.synthetic:
         # procedural images are free: ds.synthetic_train training images, still 270 test
         c.data.update({"like": dataset, "num_train": ds.synthetic_train, "num_test": 270})
-        c.data.update({"num_val": 0, "clever_hans": False})
+        c.data.update({"num_val": AUTO, "clever_hans": False})
 
     c.loss = ml_collections.ConfigDict()
     c.loss.margin = 0.2
@@ -118,8 +120,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
         # the tiny net sees 32-px cells at 64 px: occlude a quarter of the side (24/224 ~ 7 px)
         c.saliency.sbsm_window, c.saliency.sbsm_stride = 16, 4
 
-    c.mesh = common.mesh_block()
-    c.distributed = common.distributed_block()
+    common.add_run_blocks(c)  # eval (validation | paper, core.protocol), mesh, distributed
     if arg.runlocal:
         c.data.num_train, c.data.num_test = 120, 40
         c.loss.samples_per_class = 4

@@ -71,6 +71,7 @@ class XmirMethod(Method):
             arch=m.backbone,
             embedding_dim=int(m.embedding_dim),
             bn_running_var=m.get("bn_running_var", "unbiased"),
+            compute_dtype=m.get("compute_dtype", "float32"),
         )
         self.lung_mask_dir = str(config.data.get("lung_mask_dir", ""))
         self.margin = float(lc.margin)
@@ -147,7 +148,12 @@ class XmirMethod(Method):
         return {"image": np.asarray(image, np.float32)}
 
     def predict(self, state, batch):
-        return {outputs.EMBEDDING: self.embed(_variables(state), batch["image"])}
+        variables = _variables(state)
+        feats = self.net.apply(variables, batch["image"], method=XmirNet.features)
+        emb = l2_normalize(self.net.apply(variables, feats, method=XmirNet.head))
+        # GAP of the explanation layer (the final backbone map): the OOD features (core.ood).
+        pooled = feats.mean(axis=(1, 2)).astype(jnp.float32)
+        return {outputs.EMBEDDING: emb, outputs.FEATURES: pooled}
 
     def evaluate(self, predictions, records):
         lc = self.config.loss
@@ -214,7 +220,7 @@ class XmirMethod(Method):
         train = [
             r for r in ctx.index.split("train") if int(np.argmax(r.labels)) != self.anomaly_class
         ]
-        test = ctx.index.split(self.config.train.eval_split)
+        test = ctx.index.split("test")  # a result, not model selection
 
         def embed(records):
             out = np.zeros((len(records), 0), np.float32)
@@ -246,6 +252,11 @@ class XmirMethod(Method):
     def head(self, variables, feats):
         """Unnormalised embeddings from final ReLU maps."""
         return self.net.apply(variables, feats, method=XmirNet.head)
+
+    @functools.cached_property
+    def _compiled(self) -> dict:
+        """``embed`` and ``features`` jitted once (saliency calls them outside a jitted kernel)."""
+        return {"embed": jax.jit(self.embed), "features": jax.jit(self.features)}
 
     def gap_embed(self, variables, images):
         """The original insertion/deletion scorer's embedding: L2(GAP(A)), fc dropped (§5.1)."""
@@ -283,14 +294,14 @@ class XmirMethod(Method):
             "batch_sharding": batch_sharding,
         }
         out = {}
-        q = self.embed(variables, query[None])[0]
+        q = self._compiled["embed"](variables, query[None])[0]
         if "sbsm" in which:
             out["sbsm"] = saliency.sbsm_saliency(self.embed, variables, q, retrieved, **sbsm)
         for mode in ("mask", "blur"):
             if f"sbsm_{mode}" in which:
                 mask = jnp.ones(query.shape[:2]) if query_mask is None else query_mask
                 masked = saliency.mask_query(query, mask, mode, float(s.blur_sigma))
-                qm = self.embed(variables, masked[None])[0]
+                qm = self._compiled["embed"](variables, masked[None])[0]
                 out[f"sbsm_{mode}"] = saliency.sbsm_saliency(
                     self.embed, variables, qm, retrieved, **sbsm
                 )
@@ -299,7 +310,7 @@ class XmirMethod(Method):
                 self.head,
                 variables,
                 q,
-                self.features(variables, retrieved[None])[0],
+                self._compiled["features"](variables, retrieved[None])[0],
                 retrieved.shape[:2],
                 window=s.feature_window,
                 stride=s.feature_stride,
@@ -324,7 +335,7 @@ class XmirMethod(Method):
                 )[1]
         for name, anchor in (("simcam", query), ("self_simcam", retrieved)):
             if name in which:
-                feats = self.features(variables, jnp.stack([anchor, retrieved]))
+                feats = self._compiled["features"](variables, jnp.stack([anchor, retrieved]))
                 fc = variables["params"].get("fc", {})
                 out[name] = saliency.simcam_maps(
                     feats[0], feats[1], retrieved.shape[:2], fc.get("kernel"), fc.get("bias")

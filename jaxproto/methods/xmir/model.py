@@ -42,11 +42,16 @@ class XmirNet(nn.Module):
     arch: str = "densenet121"
     embedding_dim: int = 0
     bn_running_var: str = "unbiased"
+    compute_dtype: str = "float32"
 
     def setup(self):
         self.tap = explanation_tap(self.arch)
         self.backbone = build_backbone(
-            self.arch, taps=(self.tap,), with_head=False, bn_running_var=self.bn_running_var
+            self.arch,
+            taps=(self.tap,),
+            with_head=False,
+            bn_running_var=self.bn_running_var,
+            dtype=self.compute_dtype,
         )
         if self.embedding_dim > 0:
             fan_in = backbone_channels(self.arch, self.tap)

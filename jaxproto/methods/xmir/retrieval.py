@@ -144,12 +144,33 @@ def gallery_labels(
     return out
 
 
+def _check_faiss_flags(args: argparse.Namespace, num_images: int) -> None:
+    """``--faiss`` and its parameters, checked before the gallery is embedded."""
+    for flag in ("nlist", "nprobe", "M", "ef_search"):
+        if getattr(args, flag) < (0 if flag == "nlist" else 1):
+            raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.faiss == "ivf" and args.nlist > num_images:
+        raise UserError(f"--nlist {args.nlist} exceeds the {num_images} gallery images")
+    if args.faiss == "hnsw" and args.M < 2:
+        raise UserError(f"--M must be at least 2, got {args.M}")
+
+
 def cmd_index(args: argparse.Namespace, load_model: LoadModel) -> None:
+    if args.faiss:
+        search.require_faiss()  # before the model loads and the gallery is embedded
     model = Model(load_model, args.workdir, args.export)
     paths = gallery_paths(args.images, model.config)
+    if args.faiss:
+        _check_faiss_flags(args, len(paths))
     emb = search.embed_images(
         model.embed_batch, model.load, paths, model.batch_size(args.batch_size)
     )
+    approximate = None
+    if args.faiss:
+        approximate = search.FaissIndex.build(
+            emb, args.faiss, args.nlist, args.nprobe, args.M, args.ef_search
+        )
+        log.info("FAISS %s index built: %s", args.faiss, approximate.params())
     labels = gallery_labels(paths, list(model.method.class_names()), args.labels)
     meta = {
         **model.source,
@@ -162,7 +183,7 @@ def cmd_index(args: argparse.Namespace, load_model: LoadModel) -> None:
         sum(x is not None for x in labels),
         len(labels),
     )
-    search.save_index(args.out, emb, paths, meta)
+    search.save_index(args.out, emb, paths, meta, approximate)
     log.info("indexed %d images (%d-d) into %s", len(paths), emb.shape[1], args.out)
 
 
@@ -256,6 +277,33 @@ def neighbour_summary(labels: list[str | None], class_names: list[str]) -> tuple
     return text, rows
 
 
+def gallery_search(args: argparse.Namespace, gallery: np.ndarray, manifest: dict):
+    """(description, search(queries, k) -> (distances, indices)) for ``--search``: ``faiss``
+    (the index's faiss.index, with ``--nprobe``/``--ef_search`` overriding what it was built
+    with), ``exact`` (blocked exact search, ``--chunk_size`` rows at a time), or ``auto``: the
+    FAISS index when the index has one and faiss is installed, else exact."""
+    use_faiss = args.search == "faiss"
+    if args.search == "faiss" and "faiss" not in manifest:
+        raise UserError(
+            f"--search faiss: {args.index} has no FAISS index "
+            "(build one with retrieve index ... --faiss ivf|hnsw)"
+        )
+    if args.search == "auto" and "faiss" in manifest:
+        try:
+            search.require_faiss()
+            use_faiss = True
+        except UserError as e:
+            log.warning("%s has a FAISS index; searching exactly instead: %s", args.index, e)
+    if not use_faiss:
+        return "exact search", lambda q, k: search.knn(q, gallery, k, args.chunk_size)
+    approximate = search.load_faiss(args.index, gallery.shape[0])
+    approximate.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
+    params = approximate.params()
+    how = "approximate FAISS search (" + ", ".join(f"{k} {v}" for k, v in params.items()) + ")"
+    log.info("%s", how)
+    return how, approximate.search
+
+
 def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
     gallery, manifest = search.load_index(args.index)
     workdir, export = args.workdir, args.export
@@ -263,6 +311,7 @@ def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
         workdir, export = manifest.get("workdir"), manifest.get("export")
     if args.k <= 0:
         raise UserError(f"--k must be positive, got {args.k}")
+    how, nearest = gallery_search(args, gallery, manifest)
     model = Model(load_model, workdir, export)
     methods = saliency_methods(args.saliency)
     tolerance = float(model.config.get("saliency", {}).get("uniform_spread", UNIFORM_SPREAD))
@@ -270,13 +319,17 @@ def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
     q = model.embed_batch(query[None])
     if q.shape[1] != gallery.shape[1]:
         raise UserError(f"model embeds {q.shape[1]}-d but the index holds {gallery.shape[1]}-d")
-    dist, idx = search.knn(q, gallery, min(args.k, gallery.shape[0]), args.chunk_size)
+    dist, idx = nearest(q, min(args.k, gallery.shape[0]))
+    negative = None  # simatt_triplet's: --negative, else the k-th hit
+    if "simatt_triplet" in methods:
+        negative = model.load(args.negative or manifest["paths"][int(idx[0, -1])])
+    query_mask = box_mask(args.query_box, query.shape[:2])
     os.makedirs(args.out, exist_ok=True)
     query_u8 = to_uint8(query)
     save_png(os.path.join(args.out, "query.png"), for_display(query_u8))
     class_names = list(model.method.class_names())
     gallery_dx = manifest.get("labels") or [None] * len(manifest["paths"])
-    neighbours, rows, others, flagged = [], [], [], []
+    neighbours, rows, others = [], [], []
     for rank, (d, i) in enumerate(zip(dist[0], idx[0], strict=True)):
         path = manifest["paths"][int(i)]
         diagnosis = gallery_dx[int(i)]
@@ -295,8 +348,9 @@ def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
         if rank >= args.saliency_top or not methods:
             others.append(tile)
             continue
-        n_maps = model.saliency_maps(query, model.load(path), methods)
-        q_maps = model.saliency_maps(model.load(path), query, methods)
+        n_maps = model.saliency_maps(query, model.load(path), methods, negative, query_mask)
+        # the query's maps: the roles swapped (--query-box marks the query, so not used here)
+        q_maps = model.saliency_maps(model.load(path), query, methods, negative)
         q_row = [{"image": "query.png", "caption": "the query", "alt": "the query image"}]
         n_row = [tile]
         for m in methods:
@@ -308,12 +362,6 @@ def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
             n_row.append(
                 _saliency_figure(args.out, f"{name}_{m}", image, n_maps[m], m, whose, tolerance)
             )
-        flagged += [
-            f"#{rank + 1} {m} ({side})"
-            for m, q, n in zip(methods, q_row[1:], n_row[1:], strict=True)
-            for side, fig in (("query", q), ("neighbour", n))
-            if fig["uninformative"]
-        ]
         neighbours[-1]["saliency"] = {
             m: {
                 "query": q["image"],
@@ -342,6 +390,7 @@ def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
         json.dump(
             {
                 "query": os.path.abspath(args.image),
+                "search": how,
                 "summary": summary,
                 "decisions": decisions,
                 "neighbours": neighbours,
@@ -385,14 +434,30 @@ def cmd_query(args: argparse.Namespace, load_model: LoadModel) -> None:
         )
     if others:
         sections.append({"heading": "Further neighbours (no saliency)", "figures": others})
+    if args.self_saliency:
+        self_maps = self_saliency(model, query, methods)
+        if not self_maps:
+            warnings.append(f"--self_saliency: none of {', '.join(methods)} has a self form")
+        figures = [
+            _saliency_figure(args.out, f"query_{m}", query_u8, sal, m, "the query", tolerance)
+            for m, sal in self_maps.items()
+        ]
+        sections.append(
+            {
+                "heading": "Self-similarity of the query",
+                "text": "The query against itself: what its own embedding depends on.",
+                "figures": figures,
+            }
+        )
     header = Header(
         model=f"X-MIR, {model.config.model.backbone}",
         model_id=(model.method.provenance or {}).get("id", "unknown"),
         source=workdir or export,
         input=os.path.abspath(args.image),
         protocol=f"k = {len(neighbours)} nearest of {len(manifest['paths'])} gallery images "
-        f"({os.path.abspath(args.index)}), Euclidean distance of unit embeddings; decision: a "
-        "class held by at least half (threshold 0.5) of the labelled neighbours",
+        f"({os.path.abspath(args.index)}) by {how}, Euclidean distance of unit embeddings; "
+        "decision: a class held by at least half (threshold 0.5) of the labelled neighbours",
+        selection=(model.method.provenance or {}).get("selection", ""),
     )
     page = write_html_report(
         os.path.join(args.out, "index.html"),
@@ -510,6 +575,16 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         help="CSV of file,class for the gallery's diagnoses (default: the folder name when it "
         "is a class name)",
     )
+    sp.add_argument(
+        "--faiss",
+        choices=search.FAISS_KINDS,
+        help="also build an approximate FAISS index beside the exact one (pip install -e "
+        '".[faiss]"): ivf = IndexIVFFlat, hnsw = IndexHNSWFlat; `query` then uses it',
+    )
+    sp.add_argument("--nlist", type=int, default=0, help="IVF cells; 0 = 4 sqrt(N)")
+    sp.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
+    sp.add_argument("--M", type=int, default=32, help="HNSW links per node")
+    sp.add_argument("--ef_search", type=int, default=128, help="HNSW candidates per query")
 
     sp = sub.add_parser("query", help="retrieve the nearest gallery images, with saliency")
     model_args(sp, False)
@@ -528,7 +603,16 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         default=5,
         help="explain only the first N neighbours (the original: 5)",
     )
+    sp.add_argument(
+        "--search",
+        choices=("auto", "exact", "faiss"),
+        default="auto",
+        help="exact: blocked exact search; faiss: the index's FAISS index; auto (default): "
+        "FAISS when the index has one",
+    )
     sp.add_argument("--chunk-size", type=int, default=65536, help="gallery rows per search step")
+    sp.add_argument("--nprobe", type=int, default=0, help="FAISS IVF: cells visited (0 = built)")
+    sp.add_argument("--ef_search", type=int, default=0, help="FAISS HNSW: candidates (0 = built)")
     sp.add_argument(
         "--self-saliency",
         action="store_true",

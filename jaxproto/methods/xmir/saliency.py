@@ -112,7 +112,7 @@ _SBSM_STATIC = ("embed_fn", "window", "stride", "chunk_size", "batch_sharding")
 def sbsm_saliency(
     embed_fn: EmbedFn,
     params,
-    query_embedding: jax.Array,
+    query_embedding: jax.Array | None,
     image: jax.Array,
     *,
     window: int = 24,
@@ -127,33 +127,25 @@ def sbsm_saliency(
     (e.g. NamedSharding(mesh, P("data"))) spreads each chunk of masked images over devices;
     ``chunk_size`` must then be divisible by the number of devices on that axis. SBSMMask (a
     masked or blurred query) is this map for the embedding of the transformed query
-    (:func:`mask_query`).
+    (:func:`mask_query`). ``query_embedding`` None: the self-similarity map
+    (:func:`sbsm_self_saliency`).
     """
-    rows, cols = _windows(*image.shape[:2], window, stride)
-    q = query_embedding[None, :]
-    base = pairwise_distances(q, embed_fn(params, image[None]), mode="direct")[0, 0]
-    emb = _occluded_embeddings(embed_fn, params, image, rows, cols, chunk_size, batch_sharding)
-    d = pairwise_distances(q, emb)[0]
-    return _weighted_mask_sum(jax.nn.relu(d - base), rows, cols)
-
-
-@functools.partial(jax.jit, static_argnames=_SBSM_STATIC)
-def sbsm_self_saliency(
-    embed_fn: EmbedFn,
-    params,
-    image: jax.Array,
-    *,
-    window: int = 24,
-    stride: int = 5,
-    chunk_size: int = 250,
-    batch_sharding: jax.sharding.Sharding | None = None,
-) -> jax.Array:
-    """Self-similarity map: 1/c(p) sum_n (1 - M_n(p)) ||f(x) - f(M_n x)|| (no clamp, §4.2)."""
     rows, cols = _windows(*image.shape[:2], window, stride)
     e = embed_fn(params, image[None])
     emb = _occluded_embeddings(embed_fn, params, image, rows, cols, chunk_size, batch_sharding)
-    d = jnp.linalg.norm(emb - e, axis=-1)
-    return _weighted_mask_sum(d, rows, cols)
+    if query_embedding is None:
+        weights = jnp.linalg.norm(emb - e, axis=-1)
+    else:
+        q = query_embedding[None, :]
+        base = pairwise_distances(q, e, mode="direct")[0, 0]
+        weights = jax.nn.relu(pairwise_distances(q, emb)[0] - base)
+    return _weighted_mask_sum(weights, rows, cols)
+
+
+def sbsm_self_saliency(embed_fn: EmbedFn, params, image: jax.Array, **occlusion) -> jax.Array:
+    """Self-similarity map (the original's ``--self-saliency``): 1/c(p) sum_n (1 - M_n(p))
+    ||f(x) - f(M_n x)||, no clamp (§4.2). ``occlusion``: :func:`sbsm_saliency`'s keywords."""
+    return sbsm_saliency(embed_fn, params, None, image, **occlusion)
 
 
 def sbsm_blur_kernel(sigma: float) -> np.ndarray:

@@ -79,6 +79,7 @@ def _build_method(labels, concepts):
     cfg.model.image_size = SIZE
     cfg.model.prototypes_per_concept = 4
     cfg.model.proj_dim = 16
+    cfg.model.head_input_bn = False  # the tests compute H(s) = s·W + b by hand
     cfg.optim.stage1.lr, cfg.optim.stage3.lr = 3e-3, 3e-2
     recs = [
         Record(f"r{i}", "", np.eye(2, dtype=np.float32)[labels[i]], concepts=concepts[i])

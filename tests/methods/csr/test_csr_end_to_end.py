@@ -62,3 +62,18 @@ def test_train_evaluate_export_predict_explain(tmp_path, capsys):
     argv[-1] = "no_such_concept"
     assert cli.run(explain.main, argv) == 2
     assert "unknown concept" in capsys.readouterr().err
+
+
+def test_stage_two_epoch_phases_read_one_stream(tmp_path):
+    config = csr_config.get_config("tbx11k", "synthetic,runlocal,image_size=32")
+    config.data.num_train, config.data.num_test = 24, 8
+    config.train.batch_size, config.optim.stage2.epochs = 8, 2.0
+    trainer = build_trainer(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+    names = [p.name for p in trainer.phases]
+    first, second = names.index("prototypes_1"), names.index("prototypes_2")
+    whole = trainer.train_stream(first)  # as if stage 2 were one phase
+    for _ in range(trainer.phase_steps[first]):
+        next(whole)
+    expected, got = next(whole), next(trainer.train_stream(second))
+    np.testing.assert_array_equal(got["image"], expected["image"])
+    assert not np.array_equal(got["image"], next(trainer.train_stream(first))["image"])

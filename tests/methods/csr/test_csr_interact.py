@@ -138,6 +138,7 @@ def test_explain_writes_before_after_report(tmp_path, session_setup):
     cfg.model.image_size = 28
     cfg.model.prototypes_per_concept = 4
     cfg.model.proj_dim = 8
+    cfg.model.head_input_bn = False  # the session state's plain head
     recs = [Record("t0", "", np.eye(2, dtype=np.float32)[0], concepts=np.ones(3, np.float32))]
     index = DatasetIndex(
         "toy", ["neg", "pos"], {"train": recs}, multilabel=False, concept_names=["a", "b", "c"]

@@ -91,12 +91,15 @@ def test_each_phase_trains_only_its_groups(setup, stage):
     params, upd, loss, metrics = _step(method, state, opts, batch, phase)
     assert np.isfinite(float(loss))
     changed = _changed(params, state["params"])
-    want = [{"backbone", "concept_head"}, {"projector", "prototypes"}, {"task_head"}][stage]
+    # The synthetic config standardises the head input (model.head_input_bn): stage 3 trains it.
+    head = {"task_head", "head_bn"}
+    want = [{"backbone", "concept_head"}, {"projector", "prototypes"}, head][stage]
     assert {k for k, v in changed.items() if v} == want
     # The returned batch_stats is the full tree; only the trained stage's statistics move.
     bs_changed = _changed(upd["batch_stats"], state["batch_stats"])
     assert set(upd["batch_stats"]) == set(state["batch_stats"])
-    assert {k for k, v in bs_changed.items() if v} == [{"backbone"}, {"projector"}, set()][stage]
+    moved = [{"backbone"}, {"projector"}, {"head_bn"}][stage]
+    assert {k for k, v in bs_changed.items() if v} == moved
 
 
 def test_phases_and_config_validation(setup):

@@ -90,7 +90,7 @@ def test_api_predicts_from_cached_maps_and_rejects_bad_requests(server):
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     np.testing.assert_allclose(list(out["probs_after"].values()), probs, rtol=1e-4, atol=1e-6)
     assert out["concepts"][1]["rejected"] and out["concepts"][1]["score"] == 0.0
-    assert out["concepts"][0]["map"].startswith("data:image/png;base64,")
+    assert out["concepts"][0]["map"].startswith("data:image/jpeg;base64,")
     assert "indecisive when top-1 minus top-2" in out["decision_after"]["rule"]
 
     bad = [
@@ -226,3 +226,13 @@ def test_browser_negative_box_on_marker_and_reject(hans_studio, tmp_path):
         wait.until(lambda d: "unknown image" in d.find_element("id", "error").text)
     finally:
         driver.quit()
+
+
+def test_colour_scale_rows_equal_the_colour_bar_under_a_panel():
+    from jaxproto.methods.csr.studio import SCALE_LABEL, colour_scale
+    from jaxproto.viz import overlays
+
+    panel = np.random.default_rng(0).integers(0, 256, (40, 96, 3), dtype=np.uint8)
+    want = overlays.with_colorbar(panel, SCALE_LABEL, -0.25, 0.75)
+    got = np.concatenate([panel, colour_scale(96, -0.25, 0.75)])
+    np.testing.assert_array_equal(got, want)

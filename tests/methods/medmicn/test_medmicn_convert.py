@@ -83,6 +83,11 @@ class NeuralConcatModel(nn.Module):
         return y, y_neural, c_pred
 
 
+# The code's head (pre-projection 10, T = 100, as the torch reference here) on the tiny ResNet;
+# the synthetic variant's 64-wide pre-projection and T = 1 differ from it.
+TINY = "backbone=resnet_tiny"
+
+
 def _check(tmp_path, repo_root, backbone, arg, size, proj, hidden):
     torch.manual_seed(0)
     model = randomize_(NeuralConcatModel(backbone, 13, 8, hidden, proj), seed=1)
@@ -106,7 +111,7 @@ def _check(tmp_path, repo_root, backbone, arg, size, proj, hidden):
 
 def test_convert_tiny_resnet_checkpoint_matches_torch(tmp_path, repo_root):
     backbone = LogitsResNet(BasicBlock, [1, 1, 1, 1], widths=(8, 16, 32, 64))
-    _check(tmp_path, repo_root, backbone, "synthetic", 64, proj=64, hidden=1000)
+    _check(tmp_path, repo_root, backbone, TINY, 64, proj=10, hidden=1000)
 
 
 @pytest.mark.slow
@@ -118,7 +123,7 @@ def test_convert_resnet50_checkpoint_matches_torch(tmp_path, repo_root):
 def test_convert_rejects_a_mismatched_checkpoint(tmp_path, repo_root):
     backbone = LogitsResNet(BasicBlock, [1, 1, 1, 1], widths=(8, 16, 32, 64))
     with pytest.raises(Exception, match="pre_proj|shape"):
-        _check(tmp_path, repo_root, backbone, "synthetic", 64, proj=12, hidden=1000)
+        _check(tmp_path, repo_root, backbone, TINY, 64, proj=12, hidden=1000)
 
 
 def test_convert_cli_reports_a_mismatch_in_one_line(tmp_path, repo_root, capsys):

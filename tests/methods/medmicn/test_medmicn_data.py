@@ -107,7 +107,7 @@ def test_covidct_official_lists_and_random_split(tmp_path):
 def test_kermany_folders(tmp_path):
     index = _index("kermany_concepts", n=16)
     synthetic_concepts.write_layout("kermany_concepts", index, str(tmp_path))
-    loaded = _load("kermany", tmp_path)
+    loaded = _load("kermany", tmp_path, val_fraction=0.0)  # no val/ folder and none carved
     assert len(loaded.splits["train"]) == 16 and len(loaded.splits["test"]) == 8
     _same(index, loaded)
 

@@ -12,24 +12,23 @@ import pytest
 
 from jaxproto import evaluate, explain, export, predict
 from jaxproto.common import cli
+from jaxproto.common.errors import ConfigError
 from jaxproto.data.images import load_image
 from jaxproto.methods import build_trainer
 from jaxproto.methods.medmicn import config as medmicn_config
 from jaxproto.viz.overlays import save_png
 
 
-# slow: ~14 min wall on the shared 2-core machine, and it failed in the last CI run (see the
-# session note); the default suite keeps Med-MICN's math, data, Grad-CAM and conversion tests.
-@pytest.mark.slow
 def test_train_evaluate_export_predict_explain(tmp_path, capsys):
     config = medmicn_config.get_config("ddi", "synthetic,runlocal,image_size=32")
     config.model.fusion_hidden, config.model.pre_proj_dim = [16], 8
-    config.model.dcr_temperature = 1.0
     config.data.num_train, config.data.num_test, config.data.num_val = 16, 8, 8
     config.train.batch_size = config.train.eval_batch_size = 8
     workdir, exp = str(tmp_path / "run"), str(tmp_path / "export")
     trainer = build_trainer(config, workdir, devices=jax.devices()[:1])
     trainer.train()
+    with pytest.raises(ConfigError, match="eval_batch_size"):  # train-mode BN on 1 value
+        trainer.method.evaluate({"faithful_valid": np.array([True, False])}, [])
 
     assert cli.run(evaluate.main, ["--workdir", workdir]) == 0
     result = json.load(open(os.path.join(workdir, "eval", "test.json")))
@@ -37,7 +36,11 @@ def test_train_evaluate_export_predict_explain(tmp_path, capsys):
     for prot in ("fair", "faithful"):
         assert 0.0 <= result[f"{prot}/concept_accuracy"] <= 1.0
     assert set(result["rules"]) == {"benign", "malignant"}
-    assert result["rules"]["malignant"]["planted"] == ["Papule & ~Xerosis"]
+    rules = result["rules"]
+    assert rules["malignant"]["planted"] == ["Papule & ~Xerosis"]
+    assert rules["benign"]["planted"] == ["~Papule", "Xerosis"]  # one check per disjunct
+    assert len(rules["benign"]["check"]["alternatives"]) == 2
+    assert result["planted_rules_ok"] == float(all(r["check"]["ok"] for r in rules.values()))
     out = capsys.readouterr().out
     assert "faithful" in out and "Global rules per class" in out
 

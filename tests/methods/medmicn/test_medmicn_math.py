@@ -183,6 +183,41 @@ def test_check_planted_counts_extra_literals():
     assert dnf["ok"] and dnf["extra_literals"] == 0
 
 
+def _rule(sample, cls, name, text):
+    lits = tuple(
+        rules.Literal(0, t.lstrip("~"), not t.startswith("~"), 1.0) for t in text.split(" & ") if t
+    )
+    return rules.LocalRule(sample, cls, name, lits, (), 1.0)
+
+
+def test_planted_check_per_class_and_per_disjunct():
+    # malignant <=> P & ~X (a conjunction: its top global minterm); benign <=> ~P | X (each
+    # disjunct on the samples where only it holds; P=0 & X=1 satisfies both: not checked).
+    concepts = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 0], [0, 0, 1], [1, 1, 0]])
+    concepts = np.vstack([concepts, [[0, 1, 0]]])
+    local = [
+        _rule(0, 1, "mal", "P & ~X & ~C"),
+        _rule(1, 1, "mal", "P & ~X & ~C"),
+        _rule(2, 1, "mal", "P & C"),
+        _rule(3, 0, "ben", "~P & ~C"),
+        _rule(4, 0, "ben", "~P & ~X"),
+        _rule(4, 1, "mal", "~X"),  # a second active class on the same sample
+        _rule(5, 0, "ben", "~C"),
+        _rule(6, 0, "ben", "~C"),
+    ]
+    planted = {"mal": [[("P", True), ("X", False)]], "ben": [[("P", False)], [("X", True)]]}
+    out = rules.check_planted_rules(local, concepts, ["P", "X", "C"], planted)
+    mal = out["mal"]["alternatives"]
+    assert len(mal) == 1 and mal[0]["samples"] == 4 and mal[0]["count"] == 2
+    assert mal[0]["rule"] == "P & ~X & ~C" and mal[0]["ok"] and mal[0]["extra"] == ["~C"]
+    assert out["mal"]["ok"] and out["mal"]["ambiguous"] == 0
+    not_p, x = out["ben"]["alternatives"]
+    assert not_p["samples"] == 2 and not_p["ok"] and not_p["count"] == 1
+    assert not_p["rule"] == "~P & ~C"  # tie at one sample each: the first minterm by text
+    assert x["samples"] == 1 and not x["ok"] and x["missing"] == ["X"]
+    assert out["ben"]["ambiguous"] == 1 and not out["ben"]["ok"]
+
+
 def test_protocol_metrics_against_numpy():
     labels = np.array([0, 1, 1, 0, 1, 0])
     fused = np.array([[0.9, 0.2], [0.6, 0.7], [0.3, 0.4], [0.2, 0.1], [0.1, 0.8], [0.7, 0.6]])

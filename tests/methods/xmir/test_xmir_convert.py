@@ -137,10 +137,13 @@ def test_mismatches_are_errors_never_silently_dropped(tmp_path):
         convert_checkpoint({**sd, "extra.weight": np.ones(3, np.float32)}, "densenet_tiny", 24)
 
 
-def test_original_checkpoint_convert_export_retrieve(tmp_path, repo_root):
-    from jaxproto import convert, export, retrieve
+@pytest.fixture(scope="module")
+def original_export(tmp_path_factory, repo_root):
+    """An original-layout 256-d checkpoint converted into a workdir and exported; a gallery."""
+    from jaxproto import convert, export
     from jaxproto.viz.overlays import save_png
 
+    tmp_path = tmp_path_factory.mktemp("original")
     model = _randomise(OriginalDenseNet(256, **DENSENET_TINY), seed=2)
     path = _save(model, tmp_path / "isic_densenet121_embed_256_seed_0_epoch_20_ckpt.pth")
     spec = os.path.join(repo_root, "configs", "xmir_isic.py") + ":synthetic,runlocal,image_size=32"
@@ -153,15 +156,25 @@ def test_original_checkpoint_convert_export_retrieve(tmp_path, repo_root):
     rng = np.random.default_rng(3)
     for i in range(5):
         save_png(str(gallery / f"g{i}.png"), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    index = str(tmp_path / "index")
-    assert (
-        cli.run(retrieve.main, ["index", "--export", exp, "--images", str(gallery), "--out", index])
-        == 0
-    )
-    out = tmp_path / "q"
-    argv = ["query", "--index", index, "--image", str(gallery / "g1.png"), "--k", "2"]
-    assert cli.run(retrieve.main, argv + ["--saliency", "none", "--out", str(out)]) == 0
-    neighbours = json.loads((out / "results.json").read_text())["neighbours"]
+    return model, exp, gallery
+
+
+def _index_and_query(exp, gallery, out_dir, index_flags=(), k=2):
+    from jaxproto import retrieve
+
+    index = str(out_dir / "index")
+    argv = ["index", "--export", exp, "--images", str(gallery), "--out", index, *index_flags]
+    assert cli.run(retrieve.main, argv) == 0
+    argv = ["query", "--index", index, "--image", str(gallery / "g1.png"), "--k", str(k)]
+    assert cli.run(retrieve.main, argv + ["--saliency", "none", "--out", str(out_dir / "q")]) == 0
+    return index, json.loads((out_dir / "q" / "results.json").read_text())
+
+
+def test_original_checkpoint_convert_export_retrieve(original_export, tmp_path):
+    model, exp, gallery = original_export
+    index, result = _index_and_query(exp, gallery, tmp_path)
+    neighbours = result["neighbours"]
+    assert result["search"] == "exact search"
     assert neighbours[0]["file"].endswith("g1.png") and neighbours[0]["distance"] < 1e-3
     # the index holds the torch model's embeddings of the same preprocessed images
     from jaxproto.data.images import load_image
@@ -171,3 +184,47 @@ def test_original_checkpoint_convert_export_retrieve(tmp_path, repo_root):
     with torch.no_grad():
         want = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     np.testing.assert_allclose(np.load(os.path.join(index, "embeddings.npy")), want, atol=1e-5)
+    d = np.linalg.norm(want - want[1], axis=1)
+    assert [n["file"][-6:] for n in neighbours] == [f"g{j}.png" for j in np.argsort(d)[:2]]
+
+
+def test_retrieve_index_faiss_flag_and_query_uses_it(original_export, tmp_path):
+    pytest.importorskip("faiss")
+    _, exp, gallery = original_export
+    flags = ["--faiss", "ivf", "--nlist", "2", "--nprobe", "2"]
+    index, got = _index_and_query(exp, gallery, tmp_path, flags, k=4)
+    assert got["search"] == "approximate FAISS search (kind ivf, nlist 2, nprobe 2)"
+    manifest = json.loads(open(os.path.join(index, "manifest.json")).read())
+    assert manifest["faiss"] == {"kind": "ivf", "nlist": 2, "nprobe": 2}
+    # both cells visited: the approximate search is exact here
+    emb = np.load(os.path.join(index, "embeddings.npy"))
+    d = np.linalg.norm(emb - emb[1], axis=1)
+    assert [n["file"][-6:] for n in got["neighbours"]] == [f"g{j}.png" for j in np.argsort(d)[:4]]
+    np.testing.assert_allclose(
+        [n["distance"] for n in got["neighbours"]], np.sort(d)[:4], atol=1e-4
+    )
+
+
+def test_query_triplet_negative_box_and_self_saliency(original_export, tmp_path):
+    from jaxproto import retrieve
+
+    _, exp, gallery = original_export
+    index = str(tmp_path / "index")
+    assert (
+        cli.run(retrieve.main, ["index", "--export", exp, "--images", str(gallery), "--out", index])
+        == 0
+    )
+    out = tmp_path / "q"
+    argv = ["query", "--index", index, "--image", str(gallery / "g1.png"), "--k", "3"]
+    argv += ["--saliency", "simatt_triplet,simcam", "--saliency_top", "1", "--self_saliency"]
+    assert (
+        cli.run(retrieve.main, argv + ["--negative", str(gallery / "g4.png"), "--out", str(out)])
+        == 0
+    )
+    saliency = json.loads((out / "results.json").read_text())["neighbours"][0]["saliency"]
+    assert set(saliency) == {"simatt_triplet", "simcam"}
+    assert np.load(out / "rank001_simatt_triplet.npy").shape == (32, 32)
+    assert np.load(out / "query_self_simcam.npy").shape == (32, 32)
+    assert "Self-similarity of the query" in (out / "index.html").read_text()
+    bad = argv + ["--query_box", "100,100,4,4", "--out", str(tmp_path / "bad")]
+    assert cli.run(retrieve.main, bad) == 2  # a box outside the 32x32 input
