@@ -15,23 +15,10 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import flags
+from accelerator import measured_peak  # benchmarks/ is on sys.path when run as a script
 
 from jaxproto.common import cli
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Best-of float32 matmul GFLOP/s on the default device."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def main(argv):
@@ -62,7 +49,7 @@ def main(argv):
             state, metrics = compiled(state, batches[i % len(batches)])
         jax.block_until_ready(metrics)
         step_s = (time.perf_counter() - t0) / flags.FLAGS.steps
-    peak = matmul_peak_gflops()
+    peak = measured_peak("float32", 2048) * 1e3  # GFLOP/s
     achieved = flops / step_s / 1e9 if flops else 0.0
     result = {
         "benchmark": "train_step",
