@@ -92,8 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = workdir.read_dataset_meta(args.workdir)
     stats = ood_statistics(config, method, state, args.ood_quantile, args.ood_samples)
     with cli.atomic_dir(args.out) as tmp:
-        inference.write_export(tmp, config, meta, state, workdir=args.workdir)
-        ood.write_stats(tmp, stats)
+        ood.write_stats(tmp, stats)  # before the manifest, so that its checksum covers it
+        inference.write_export(
+            tmp, config, meta, state, workdir=args.workdir, written=[ood.OOD_FILE]
+        )
     log.info("wrote %s", os.path.join(args.out, "manifest.json"))
     return 0
 

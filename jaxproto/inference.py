@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 
 import flax.serialization
 import jax
@@ -145,10 +146,12 @@ def write_export(
     dataset_meta: dict,
     state,
     workdir: str | None = None,
+    written: Sequence[str] = (),
 ) -> str:
     """Writes the export folder (with ``workdir``'s thresholds and the method's evidence files
-    when given); the state and config pass through ``Method.export_state`` first. Returns the
-    manifest path."""
+    when given); the state and config pass through ``Method.export_state`` first. ``written``:
+    files the caller already put in ``out`` (e.g. ``ood.json``), listed and checksummed with
+    the rest. Returns the manifest path."""
     os.makedirs(out, exist_ok=True)
     method = build_method(config, workdir_lib.index_from_meta(dataset_meta))
     host = jax.tree.map(np.asarray, {k: state[k] for k in ckpt_lib.INFERENCE_KEYS})
@@ -163,7 +166,8 @@ def write_export(
     for name, src in sorted(extras.items()):
         os.makedirs(os.path.dirname(os.path.join(out, name)) or out, exist_ok=True)
         shutil.copyfile(src, os.path.join(out, name))
-    names = [*FILES, *sorted(extras)]
+    extra_names = sorted({*extras, *written})
+    names = [*FILES, *extra_names]
     manifest = {
         "format_version": FORMAT_VERSION,
         "jaxproto_version": __version__,
@@ -177,7 +181,7 @@ def write_export(
             "normalize_mean": [float(v) for v in IMAGENET_MEAN],
             "normalize_std": [float(v) for v in IMAGENET_STD],
         },
-        "extra_files": sorted(extras),
+        "extra_files": extra_names,
         "sha256": _sha256(out, names),
     }
     path = os.path.join(out, "manifest.json")

@@ -15,6 +15,23 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to the ``sys.stderr`` of the moment, so that a redirected
+    or replaced stderr (a test's capture, a notebook) never leaves it writing to a closed
+    stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        del value  # always sys.stderr
+
+
 def setup_logging(workdir: str | None = None, level: int = logging.INFO) -> None:
     """Logs to stderr and, on process 0, to ``<workdir>/log.txt``."""
     root = logging.getLogger()
@@ -22,9 +39,12 @@ def setup_logging(workdir: str | None = None, level: int = logging.INFO) -> None
     from absl import logging as absl_logging
 
     root.removeHandler(absl_logging.get_absl_handler())  # one line per message, ours
+    for h in list(root.handlers):  # absl's pre-init log calls logging.basicConfig()
+        if type(h) is logging.StreamHandler and h.stream in (sys.stderr, sys.__stderr__):
+            root.removeHandler(h)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     if not any(getattr(h, "_jaxproto", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(fmt)
         handler._jaxproto = True
         root.addHandler(handler)

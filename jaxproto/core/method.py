@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import argparse
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -27,6 +28,7 @@ from jaxproto.core import metrics as metrics_lib
 from jaxproto.core import outputs, protocol
 from jaxproto.data.pipeline import ExampleFn, Sampler
 from jaxproto.data.records import DatasetIndex, Record
+from jaxproto.viz import report
 
 PyTree = Any
 State = dict[str, Any]
@@ -252,6 +254,19 @@ class Method(abc.ABC):
                 }
             )
         return rows
+
+    def page_header(self, model: str, image: str | None, protocol: str) -> report.Header:
+        """The header of an evidence page about ``image`` (None: an in-memory image): the
+        model's description, and its id, source and selection from ``provenance``."""
+        prov = self.provenance or {}
+        return report.Header(
+            model=model,
+            model_id=prov.get("id", "unknown"),
+            source=prov.get("source", "unknown"),
+            input=os.path.abspath(image) if image else "an in-memory image",
+            protocol=protocol,
+            selection=prov.get("selection", ""),
+        )
 
     def prediction_columns(self, predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """CSV columns ``predict`` writes per image (name -> (N,) values), in order.

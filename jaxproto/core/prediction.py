@@ -61,13 +61,12 @@ def predict_files(
                 skipped.append((path, str(e)))
                 continue
             names.append(path)
-        progress.update(min(start + batch_size, len(paths)))
-        if not examples:
-            continue
-        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-        out = jax.device_get(predict(state, batch))
-        for k, v in out.items():
-            parts.setdefault(k, []).append(np.asarray(v))
-        kept.extend(names)
+        if examples:
+            batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+            out = jax.device_get(predict(state, batch))
+            for k, v in out.items():
+                parts.setdefault(k, []).append(np.asarray(v))
+            kept.extend(names)
+        progress.update(min(start + batch_size, len(paths)))  # after the batch's predictions
     progress.close()
     return kept, {k: np.concatenate(v) for k, v in parts.items()}, skipped

@@ -11,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from jaxproto import export, train
+from jaxproto import export, inference, train
 from jaxproto.common import cli
 from jaxproto.common import config as config_lib
 from jaxproto.common.errors import ConfigError, UserError
@@ -89,7 +89,9 @@ def test_no_intact_checkpoint_is_one_line(run, tmp_path, capsys):
     for step in ("2", "4", "6"):
         os.remove(wd / "ckpt" / step / "_CHECKPOINT_METADATA")
     code, err = _export(wd, tmp_path / "exp", capsys)
-    assert code == 2 and err.count("\n") == 1
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    err = errors[0]
     assert "no intact checkpoint" in err and "ckpt/6 (_CHECKPOINT_METADATA is missing)" in err
     assert not (tmp_path / "exp").exists()
 
@@ -229,6 +231,19 @@ def _save_dicom(path, pixels, modality, body_part):
     ds.save_as(str(path))
 
 
+def test_ood_statistics_are_covered_by_the_export_checksum(run, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    code, err = _export(run, exp, capsys, which="latest")
+    assert code == 0, err
+    assert "ood.json" in json.loads((exp / "manifest.json").read_text())["extra_files"]
+    inference.read_export(str(exp))
+    stats = json.loads((exp / "ood.json").read_text())
+    stats["threshold"] = 1e9  # would let every foreign image through
+    (exp / "ood.json").write_text(json.dumps(stats))
+    with pytest.raises(inference.ExportError, match="checksum mismatch"):
+        inference.read_export(str(exp))
+
+
 def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
     """The synthetic fundus model against fundus test images, synthetic chest X-rays, noise,
     a 4x4 image and DICOMs of other modalities: the foreign ones get in_distribution=false and
@@ -298,9 +313,11 @@ def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
     assert "Modality (0008,0060) is 'CR'" in why["dicom/cr.dcm"]
     part = why["dicom/op.dcm"]
     assert "BodyPartExamined (0018,0015) is 'HAND'" in part and "EYE" in part
-    # Statistics of an older export name their keys (logits): they keep scoring logits.
+    # Statistics of an older export name their keys (logits): they keep scoring logits. Older
+    # exports wrote ood.json after the manifest, outside the checksum.
     old = tmp_path / "old"
-    shutil.copytree(exp, old)
+    config, _, state = inference.load_for_inference(workdir=str(run), which="latest")
+    inference.write_export(str(old), config, workdir.read_dataset_meta(str(run)), state)
     n_classes = len(json.loads((exp / "dataset.json").read_text())["class_names"])
     legacy = ood.fit(rng.normal(size=(16, n_classes)), ["logits"])
     (old / "ood.json").write_text(json.dumps(legacy))

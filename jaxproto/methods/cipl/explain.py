@@ -76,7 +76,6 @@ def _load_atlas(atlas_dir: str | None) -> dict[int, dict]:
 def page_header(method, image_path: str) -> report.Header:
     """Model, provenance, input and protocol (thresholds and where they come from)."""
     m = method.config.model
-    prov = method.provenance or {}
     thr = method.thresholds
     protocol = (
         f"decisions at per-class operating thresholds ({thr.get('criterion', 'best F1')}) "
@@ -85,14 +84,12 @@ def page_header(method, image_path: str) -> report.Header:
         else f"no operating thresholds saved with this model: classes at p >= "
         f"{float(method.config.explain.threshold):.2f} are explained, no decisions are made"
     )
-    return report.Header(
-        model=f"CIPL, {m.backbone}, {int(m.prototypes_per_class)} prototypes per class",
-        model_id=prov.get("id", "unknown"),
-        source=prov.get("source", "unknown"),
-        input=os.path.abspath(image_path),
-        protocol=f"{protocol}; eval transform at {int(m.image_size)} px; probabilities are "
+    model = f"CIPL, {m.backbone}, {int(m.prototypes_per_class)} prototypes per class"
+    return method.page_header(
+        model,
+        image_path,
+        f"{protocol}; eval transform at {int(m.image_size)} px; probabilities are "
         "sigma(z_k - z_background)",
-        selection=prov.get("selection", ""),
     )
 
 

@@ -7,6 +7,7 @@ uninterrupted run."""
 import csv
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -44,6 +45,7 @@ def test_train_stages_evaluate_explain_export_predict(tmp_path, capsys):
     labels = np.load(os.path.join(stages.stage_dir(workdir, "embeddings"), "labels_test.npy"))
     stage_acc = stages.load_json(os.path.join(cbm_dir, "done.json"))["stats"]["test_accuracy"]
     assert stage_acc == cbm_lib.accuracy(labels, cbm_test, False)
+    _check_concept_pages(workdir)
 
     assert cli.run(evaluate.main, ["--workdir", workdir]) == 0
     out = capsys.readouterr().out
@@ -73,6 +75,14 @@ def test_train_stages_evaluate_explain_export_predict(tmp_path, capsys):
     contrib = [c["contribution"] for c in ex["top_concepts"]]
     assert len(contrib) <= 4 and contrib == sorted(contrib, reverse=True)
     assert all(isinstance(c["name"], str) and c["name"] for c in ex["top_concepts"])
+    page = json.load(open(report / "report.json"))  # the HTML page's twin
+    headings = [s["heading"] for s in page["sections"]]
+    assert headings[0].endswith(ex["predicted"]) and headings[-1] == "Not a concept"
+    assert [h.split(". ", 1)[1].split(":")[0] for h in headings[1:-1]] == [
+        c["name"] for c in ex["top_concepts"]
+    ]
+    decided = [d["class"] for d in page["sections"][0]["decisions"] if d["decision"]]
+    assert decided == [ex["predicted"]] and (report / "report.html").is_file()
 
     assert cli.run(export.main, ["--workdir", workdir, "--out", exp]) == 0
     assert os.path.isfile(os.path.join(exp, "cfn", "cbm", "cbm.npz"))
@@ -83,6 +93,31 @@ def test_train_stages_evaluate_explain_export_predict(tmp_path, capsys):
     names = trainer.index.class_names
     got = np.array([[float(row[f"cbm_{n}"]) for n in names] for row in rows])
     np.testing.assert_allclose(got, cbm_lib.probabilities(cbm_test[:3], False), atol=1e-4)
+
+
+def _check_concept_pages(workdir):
+    """The index lists every alive latent with its name, selected concepts first, each linked
+    to its detail section; every image on the pages has alt text; overlays have a colour bar."""
+    naming, rep = stages.stage_dir(workdir, "naming"), stages.stage_dir(workdir, "report")
+    alive = np.load(os.path.join(naming, "alive.npy"))
+    names = stages.load_json(os.path.join(naming, "names.json"))
+    index = stages.load_json(os.path.join(rep, "concepts.json"))
+    table = next(s for s in index["sections"] if s.get("id") == "latents")["table"]
+    listed = {int(r["latent"]["text"][1:]): r["name"] for r in table}
+    assert len(table) == len(alive) and listed == {int(j): names[str(j)] for j in alive}
+    selected = [r["in the CBM"] != "not selected" for r in table]
+    assert selected == sorted(selected, reverse=True) and sum(selected) > 0
+    pages = {}
+    for row in table:
+        page, anchor = row["latent"]["href"].split("#")
+        pages.setdefault(page, []).append(anchor)
+    for page, anchors in pages.items():
+        text = open(os.path.join(rep, page), encoding="utf-8").read()
+        assert all(f'<section id="{a}">' in text for a in anchors), page
+        imgs = re.findall(r'<img src="([^"]+)" alt="([^"]*)"', text)
+        assert len(imgs) == len(anchors) and all(alt for _, alt in imgs)
+        assert all(os.path.isfile(os.path.join(rep, os.path.dirname(page), s)) for s, _ in imgs)
+        assert text.count('class="colorbar"') == len(anchors)  # densenet: maps exist
 
 
 class _Killed(Exception):
