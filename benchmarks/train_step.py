@@ -13,28 +13,29 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import jax
-from absl import flags
 from accelerator import measured_peak  # benchmarks/ is on sys.path when run as a script
 
 from jaxproto.common import cli
+from jaxproto.core import parallel
+from jaxproto.methods import build_trainer
 
 
-def main(argv):
-    del argv
-    from jaxproto.core import parallel
-    from jaxproto.methods import build_trainer
-
-    config = cli.config_from_flags()
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.make_parser(__doc__, "benchmarks/train_step.py", config="required")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps after the warm-up")
+    parser.add_argument("--phase", type=int, default=0, help="index of the phase to measure")
+    args = cli.parse(parser, argv)
+    config = cli.load_config(args)
     with tempfile.TemporaryDirectory() as workdir:
         trainer = build_trainer(config, workdir)
-        phase_index = flags.FLAGS.phase
-        phase = trainer.phases[phase_index]
+        phase = trainer.phases[args.phase]
         state = trainer.create_state()
-        stream = trainer._stream(phase, phase_index)
+        stream = trainer.train_stream(args.phase)
         batch = parallel.global_batch(next(stream), trainer.mesh)
-        step_fn = trainer.step_fn(phase_index)
+        step_fn = trainer.step_fn(args.phase)
         t0 = time.perf_counter()
         compiled = step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
@@ -45,15 +46,15 @@ def main(argv):
         jax.block_until_ready(metrics)
         batches = [parallel.global_batch(next(stream), trainer.mesh) for _ in range(4)]
         t0 = time.perf_counter()
-        for i in range(flags.FLAGS.steps):
+        for i in range(args.steps):
             state, metrics = compiled(state, batches[i % len(batches)])
         jax.block_until_ready(metrics)
-        step_s = (time.perf_counter() - t0) / flags.FLAGS.steps
+        step_s = (time.perf_counter() - t0) / args.steps
     peak = measured_peak("float32", 2048) * 1e3  # GFLOP/s
     achieved = flops / step_s / 1e9 if flops else 0.0
     result = {
         "benchmark": "train_step",
-        "config": cli._State.spec,
+        "config": args.config,
         "method": config.method,
         "phase": phase.name,
         "backend": jax.default_backend(),
@@ -69,9 +70,8 @@ def main(argv):
         "fraction_of_peak": achieved / peak if peak else 0.0,
     }
     sys.stdout.write(json.dumps(result) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    flags.DEFINE_integer("steps", 10, "Timed steps (after one compile+warm-up step).")
-    flags.DEFINE_integer("phase", 0, "Index of the method phase whose step is measured.")
-    cli.run(main)
+    sys.exit(cli.run(main))
