@@ -205,6 +205,25 @@ def test_page_shows_decisions_thresholds_colour_bar_and_alt_text(tmp_path):
     assert "http" not in page.replace("http-equiv", "")  # no external resource
 
 
+def test_sections_have_anchors_and_table_cells_link_to_local_pages(tmp_path):
+    detail = report.write_html_report(
+        str(tmp_path / "sub" / "d.html"), "d", [{"id": "item-3", "text": "three"}], HEADER
+    )
+    rows = [
+        {"item": {"href": "sub/d.html#item-3", "text": "#3 <x>"}, "n": 3},
+        {"item": {"href": "#top", "text": "here"}, "n": 1},
+    ]
+    path = report.write_html_report(str(tmp_path / "i.html"), "i", [{"table": rows}], HEADER)
+    page = open(path, encoding="utf-8").read()
+    assert '<section id="item-3">' in open(detail, encoding="utf-8").read()
+    assert '<td><a href="sub/d.html#item-3">#3 &lt;x&gt;</a></td>' in page
+    assert '<td><a href="#top">here</a></td>' in page
+    with pytest.raises(ValueError, match="does not exist"):
+        report.write_html_report(
+            str(tmp_path / "j.html"), "j", [{"table": [{"a": {"href": "no.html#x"}}]}], HEADER
+        )
+
+
 def test_atlas_groups_by_class_and_writes_json(tmp_path):
     for k in range(3):
         overlays.save_png(str(tmp_path / "protos" / f"{k}.png"), _image(seed=k))

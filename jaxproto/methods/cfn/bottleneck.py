@@ -13,11 +13,13 @@ import numpy as np
 from jaxproto.common.errors import UserError
 from jaxproto.methods.cfn import omp as omp_lib
 
-# What an export carries of the stage folders (relative to ``cfn/``); ``report/img`` is added.
+# What an export carries of the stage folders (relative to ``cfn/``); ``report/img`` (the
+# selected concepts' probing images, for ``explain``) is added. The browsable concept pages
+# (``report/concepts.html`` and ``report/latents/``: every latent) stay in the workdir.
 EXPORT_FILES = (
     "selection/done.json", "selection/select_idx.npy", "cav/concept_cav.npy", "cav/latents.npy",
     "naming/names.json", "cbm/done.json", "cbm/cbm.npz", "sae/done.json", "report/done.json",
-    "report/evaluation.json", "report/concepts.html",
+    "report/evaluation.json",
 )  # fmt: skip
 
 
@@ -28,6 +30,12 @@ def cbm_features(kind: str, cavs: np.ndarray, w: np.ndarray, b: np.ndarray) -> n
     if kind == "weights":
         return w
     raise ValueError(f"cfn.cbm.features must be reconstruction or weights, got {kind!r}")
+
+
+def class_weights(kind: str, coef: np.ndarray, cavs: np.ndarray) -> np.ndarray:
+    """V (C, K): each concept's weight per class logit, V[y, k] = a_y . c_k for the
+    reconstruction features (cfn.md §8), the classifier weight itself for the weights variant."""
+    return coef @ cavs.T if kind == "reconstruction" else coef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +70,9 @@ class Bottleneck:
     def contributions(self, w: np.ndarray, beta: float, cls: int) -> tuple[np.ndarray, float]:
         """(per-concept contributions w_k V[y, k] (K,), residual beta (a_y . 1)) for class
         ``cls`` of one image (cfn.md §8); the weights variant has no residual term."""
-        if self.features == "reconstruction":
-            v = self.coef[cls] @ self.cavs.T  # V[y, k] = a_y . c_k
-            return w * v, beta * float(self.coef[cls].sum())
-        return w * self.coef[cls], 0.0
+        v = class_weights(self.features, self.coef[cls : cls + 1], self.cavs)[0]
+        residual = beta * float(self.coef[cls].sum()) if self.features == "reconstruction" else 0.0
+        return w * v, residual
 
     def thumbnails(self, latent: int) -> list[str]:
         """The concept page's probing-image thumbnails of ``latent`` (may be empty)."""

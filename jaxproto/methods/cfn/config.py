@@ -110,6 +110,11 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
         {"features": "reconstruction", "max_iter": 1000, "bisection_rounds": 8}
     )
     c.cfn.explain_top = 4
+    # The concept pages (report stage): probing images shown per latent (the top of naming's
+    # top_k), their thumbnail size in pixels, latents per detail page.
+    c.cfn.report = ml_collections.ConfigDict(
+        {"images_per_latent": 6, "thumb_size": 96, "latents_per_page": 50}
+    )
     common.add_run_blocks(c)  # eval (validation | paper, core.protocol), mesh, distributed
 
     if arg.synthetic:

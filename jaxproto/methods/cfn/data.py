@@ -35,8 +35,13 @@ def normalise(img: np.ndarray, clip_norm: bool) -> np.ndarray:
     return (img.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
 
 
+def display_image(path: str, size: int) -> np.ndarray:
+    """The test-time crop (uint8, before normalisation): what the model sees of the image."""
+    return _resize_crop(load_image(path), size)
+
+
 def eval_image(path: str, size: int, clip_norm: bool) -> np.ndarray:
-    return normalise(_resize_crop(load_image(path), size), clip_norm)
+    return normalise(display_image(path, size), clip_norm)
 
 
 def random_rotation(img: np.ndarray, rng: np.random.Generator, degrees: float) -> np.ndarray:

@@ -1,28 +1,23 @@
 """CFN's final stage: evaluation (opaque model beside the CBM, concept statistics, and for the
-synthetic primitives the planted-truth check) plus the browsable concept page ``concepts.html``
-(every selected concept: name, SAE latent, statistics, probing images) for clinicians to check
-or rename concepts (write the corrections into a ``latent,name`` CSV, cfn.naming.source=csv)."""
+synthetic primitives the planted-truth check) plus the browsable concept pages
+(``concepts.html``, `concept_page`: every alive latent with its name, statistics, probing
+images and activation overlays) for clinicians to check or rename concepts (write the
+corrections into a ``latent,name`` CSV, cfn.naming.source=csv)."""
 
 from __future__ import annotations
 
-import html
 import json
 import os
 
-import cv2
 import numpy as np
 
 from jaxproto.common.errors import UserError
-from jaxproto.core import metrics as metrics_lib
-from jaxproto.data.images import load_image
 from jaxproto.methods.cfn import cbm as cbm_lib
-from jaxproto.viz.overlays import save_png
-
-THUMBS = 6
+from jaxproto.methods.cfn import concept_page
 
 
 def write(runner, out: str) -> dict:
-    """Writes ``evaluation.json`` and ``concepts.html`` into ``out``; returns the summary."""
+    """Writes ``evaluation.json`` and the concept pages into ``out``; returns the summary."""
     index, ml = runner.index, bool(runner.index.multilabel)
     result = {"opaque": {}, "cbm": {}}
     for split in ("val", "test"):
@@ -36,19 +31,20 @@ def write(runner, out: str) -> dict:
     result["cbm_over_opaque_test_accuracy"] = cbm_acc / max(opaque_acc, 1e-12)
     with open(os.path.join(runner.d("sae"), "done.json")) as f:
         result["sae"] = json.load(f)["stats"]
-    cavs, latents = runner.selected()
-    _, rows, names = runner.naming()
+    _, latents = runner.selected()
+    _, _, names = runner.naming()
     result["concepts"] = {"num_selected": len(latents), "num_named": len(names)}
     truth = planted_truth(runner, names)
     if truth is not None:
         result["truth"] = truth
     with open(os.path.join(out, "evaluation.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)
-    _concept_page(runner, out, latents, rows, names)
+    pages = concept_page.write(runner, out, result)
     summary = {
         "opaque_test_accuracy": opaque_acc,
         "cbm_test_accuracy": cbm_acc,
         "ratio": result["cbm_over_opaque_test_accuracy"],
+        **pages,
     }
     if truth is not None:
         summary.update({k: v for k, v in truth.items() if k != "primitives"})
@@ -122,17 +118,6 @@ def summary_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def latent_aucs(z: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """AUC of every latent's activation for a binary ``present`` (ties count half)."""
-    pos, n = int(present.sum()), len(present)
-    if pos in (0, n):
-        return np.full(z.shape[1], np.nan)
-    out = np.empty(z.shape[1])
-    for j in range(z.shape[1]):
-        out[j] = metrics_lib.binary_auc(present, z[:, j])
-    return out
-
-
 def planted_truth(runner, names: dict[int, str]) -> dict | None:
     """For primitives data: per class-relevant primitive, the best-separating latent on the
     test split (AUC), its report-derived name and whether the name contains the primitive's."""
@@ -149,7 +134,7 @@ def planted_truth(runner, names: dict[int, str]) -> dict | None:
     rows = {}
     for p in relevant:
         col = runner.index.concept_names.index(p)
-        aucs = latent_aucs(z[:, alive], concepts[:, col])
+        aucs = concept_page.latent_aucs(z[:, alive], concepts[:, col])
         best = int(np.nanargmax(aucs))
         latent = int(alive[best])
         name = names[latent]
@@ -164,40 +149,3 @@ def planted_truth(runner, names: dict[int, str]) -> dict | None:
         "fraction_auc_0.9": len(good) / len(rows),
         "fraction_named_right": sum(r["named_right"] for r in rows.values()) / len(rows),
     }
-
-
-def _concept_page(runner, out: str, latents, rows, names) -> None:
-    records = runner.index.split("train")
-    z = runner.z("train")
-    img_dir = os.path.join(out, "img")
-    os.makedirs(img_dir, exist_ok=True)
-    cards = []
-    for rank, j in enumerate(latents):
-        j = int(j)
-        thumbs = []
-        for t, r in enumerate(rows[j][:THUMBS]):
-            img = load_image(records[int(r)].path)
-            img = cv2.resize(img, (96, 96), interpolation=cv2.INTER_AREA)
-            rel = f"img/latent{j}_{t}.png"
-            save_png(os.path.join(out, rel), img)
-            thumbs.append(
-                f'<figure><img src="{rel}" width="96"><figcaption>'
-                f"{float(z[int(r), j]):.3g}</figcaption></figure>"
-            )
-        col = np.asarray(z[:, j])
-        cards.append(
-            f'<div class="c"><h3>#{rank + 1} {html.escape(names.get(j, f"latent #{j}"))}</h3>'
-            f"<p>latent {j} &middot; active on {float((col > 0).mean()):.1%} of training images"
-            f" &middot; max {float(col.max()):.3g}</p>{''.join(thumbs)}</div>"
-        )
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>CFN concepts</title><style>"
-        "body{font-family:sans-serif}.c{border:1px solid #ccc;margin:6px;padding:6px}"
-        "figure{display:inline-block;margin:2px;text-align:center}</style>"
-        f"<h1>CFN concepts ({len(latents)} selected)</h1>"
-        "<p>To rename, write <code>latent,name</code> rows into a CSV and rerun with "
-        "<code>--config.cfn.naming.source=csv --config.cfn.naming.csv=FILE</code>.</p>"
-        + "".join(cards)
-    )
-    with open(os.path.join(out, "concepts.html"), "w") as f:
-        f.write(page)

@@ -50,7 +50,7 @@ def _slice(config, stage: str) -> dict:
         "cav": c["cfn"]["cav"],
         "selection": c["cfn"]["select"],
         "cbm": {"omp": c["cfn"]["omp"], "cbm": c["cfn"]["cbm"]},
-        "report": {},
+        "report": c["cfn"]["report"],
     }[stage]
     return {"stage": stage, **part}
 
@@ -217,6 +217,9 @@ class StageRunner:
             np.save(os.path.join(out, f"z_{split}.npy"), z)
             stats[split] = sae_lib.statistics(xs, z, x_hat)
         return stats
+
+    def sae_params(self) -> dict:
+        return load_tree(os.path.join(self.d("sae"), "sae.npz"))
 
     def z(self, split: str) -> np.ndarray:
         return np.load(os.path.join(self.d("sae"), f"z_{split}.npy"), mmap_mode="r")
