@@ -1,5 +1,6 @@
 """Med-MICN as a trainer Method (specs/medmicn.md): one phase, AdamW (torch weight decay 0.01,
-per-backbone learning rate, no schedule), L = L_task + 0.1·L_c + 0.1·L_neural.
+per-backbone learning rate, no schedule), L = L_task + 0.1·L_c + 0.1·L_neural. Deviation behind
+a flag (the synthetic variant uses it): a first phase without L_neural (``dcr_warmup_epochs``).
 
 ``predict`` runs the network twice: eval-mode BatchNorm (the ``fair`` protocol; the plain keys)
 and train-mode BatchNorm on the batch itself (the code never calls ``model.eval()``: the
@@ -103,7 +104,20 @@ class MedMicnMethod(Method):
         return {"adamw": tx}
 
     def phases(self) -> list[Phase]:
-        return [Phase("train", "adamw", epochs=float(self.config.optim.epochs))]
+        """One joint phase, or with ``optim.dcr_warmup_epochs`` a first phase without the neural
+        loss (``concepts``) and the joint rest, one data stream and one AdamW state."""
+        total = float(self.config.optim.epochs)
+        warm = float(self.config.optim.get("dcr_warmup_epochs", 0.0))
+        if not 0.0 <= warm < total:
+            raise ConfigError(
+                f"optim.dcr_warmup_epochs={warm} must be in [0, optim.epochs={total})"
+            )
+        if not warm:
+            return [Phase("train", "adamw", epochs=total)]
+        return [
+            Phase("concepts", "adamw", loss="concepts", epochs=warm, stream="train"),
+            Phase("train", "adamw", epochs=total - warm, stream="train"),
+        ]
 
     def train_data(self, phase: Phase, records: Sequence[Record]):
         example = data_lib.MedMicnExample(
@@ -139,7 +153,7 @@ class MedMicnMethod(Method):
             task_mode=c.task_loss,
             w_task=float(c.w_task),
             w_concept=float(c.w_concept),
-            w_neural=float(c.w_neural),
+            w_neural=0.0 if phase.loss == "concepts" else float(c.w_neural),
         )
         terms["task_acc"] = jnp.mean(jnp.argmax(out["fused"], -1) == batch["label"])
         terms["concept_acc"] = jnp.mean((out["concept_probs"] > 0.5) == (batch["concepts"] > 0.5))
