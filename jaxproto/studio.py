@@ -2,7 +2,7 @@
 
   python -m jaxproto.studio --export DIR [--images DIR] [--port 8765]
   python -m jaxproto.studio --export DIR --prune 3,17 --out NEW_EXPORT [--by NAME]
-  python -m jaxproto.studio --export DIR --prune_marker 0,0,20,20 --out NEW_EXPORT
+  python -m jaxproto.studio --export DIR --prune_marker 0,0,20,20 --out NEW_EXPORT [--mask_only]
 
 Serving: open the printed URL; pick or upload an image, draw negative/positive boxes, reject
 concepts, move α, compare the prediction before and after, undo, export the corrections as JSON
@@ -14,7 +14,8 @@ install, and re-prediction reuses the cached backbone features.
 Pruning (``--prune`` flat prototype ids k·M + m, or ``--prune_marker`` x,y,w,h in network-input
 pixels: every prototype whose atlas patch lies in that box): masks the prototypes, re-fits only
 the task head on cached similarity scores of the training split, writes a new export with
-``pruning.json`` (what was removed, by whom, when, test F1 and pointing game before/after).
+``pruning.json`` (what was removed, by whom, when, test F1 and pointing game before, after
+masking only and after the re-fit). ``--mask_only`` exports the masked model with its own head.
 """
 
 from __future__ import annotations
@@ -166,8 +167,21 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--token", help="access token (default: random when not on loopback)")
     parser.add_argument("--prune", help="prune these flat prototype ids (k*M+m), comma-separated")
     parser.add_argument("--prune_marker", help="prune prototypes whose atlas patch is in x,y,w,h")
+    parser.add_argument(
+        "--prune_margin",
+        type=float,
+        default=0.0,
+        help="with --prune_marker: also prune prototypes whose atlas map in the box comes within "
+        "this of its maximum (default 0: the arg-max must be in the box)",
+    )
     parser.add_argument("--out", help="with --prune/--prune_marker: the new export folder")
     parser.add_argument("--by", default=None, help="who prunes (recorded; default: user name)")
+    parser.add_argument(
+        "--mask_only",
+        action="store_true",
+        help="with --prune/--prune_marker: export the masked model with its own head (refine.mode "
+        "mask) instead of the re-fitted head; the record still reports both",
+    )
     return parser
 
 
@@ -181,9 +195,15 @@ def run_prune(args, config, method, state, source: str, atlas: str) -> int:
     index = registry.load_index(config.data, BadSampleReport(config.data.on_bad_sample))
     train, test = index.split("train"), index.split("test")
     ids = parse_ids(args.prune) if args.prune else []
+    if args.prune_margin < 0:
+        raise UserError(f"--prune_margin must be >= 0, got {args.prune_margin}")
     if args.prune_marker:
         found = prune_lib.prototypes_in_box(
-            method, state, train, cli.parse_box(args.prune_marker, "--prune_marker")
+            method,
+            state,
+            train,
+            cli.parse_box(args.prune_marker, "--prune_marker"),
+            args.prune_margin,
         )
         log.info("prototypes whose atlas patch lies in the box: %s", found)
         ids = sorted(set(ids) | set(found))
@@ -193,6 +213,10 @@ def run_prune(args, config, method, state, source: str, atlas: str) -> int:
     new_state, record = prune_lib.prune(
         method, state, ids, train, test, by=args.by or getpass.getuser()
     )
+    if args.mask_only:
+        mask = new_state["extra"]["proto_mask"]
+        new_state = {**state, "extra": {**state["extra"], "proto_mask": mask}}
+    record["exported"] = "mask_only" if args.mask_only else "after"
     config = config.copy_and_resolve_references()
     config.refine.prune = sorted(set(int(i) for i in config.refine.prune) | set(ids))
     if args.export:

@@ -580,11 +580,30 @@ def render_path(path: str) -> np.ndarray:
 
 
 def hans_marker(
-    like: str, seed: int, index: int, labels: np.ndarray, split: str, hans_class: int
+    like: str,
+    seed: int,
+    index: int,
+    labels: np.ndarray,
+    split: str,
+    hans_class: int,
+    concepts: np.ndarray | None = None,
+    hans_concept: int = -1,
+    hans_fraction: float = 1.0,
 ) -> bool:
-    """Whether image ``index`` carries the Clever-Hans marker: every training image of
-    ``hans_class``, a seeded random half of the evaluation images (CSR's spurious-feature test)."""
+    """Whether image ``index`` carries the Clever-Hans marker: a seeded random ``hans_fraction``
+    of the training images of ``hans_class`` (or, with ``hans_concept >= 0``, of the training
+    images showing that concept), a seeded random half of the evaluation images (CSR's
+    spurious-feature test)."""
     if split == "train":
-        return bool(labels[hans_class] > 0.5)
+        if hans_concept >= 0:
+            eligible = concepts is not None and concepts[hans_concept] > 0.5
+        else:
+            eligible = labels[hans_class] > 0.5
+        if not eligible:
+            return False
+        if hans_fraction >= 1.0:
+            return True
+        rng = np.random.default_rng([int(seed), _like_key(like), int(index), 3])
+        return bool(rng.random() < hans_fraction)
     rng = np.random.default_rng([int(seed), _like_key(like), int(index), 2])
     return bool(rng.random() < 0.5)

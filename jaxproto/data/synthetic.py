@@ -11,8 +11,9 @@ The pixels and geometry are ``jaxproto.data.procedural``'s (record paths
 ``synthetic://<like>/<seed>/<index>?size=<n>[&hans=1]``, decoded by ``images.load_image``); this
 module names the classes and concepts (the real loaders' own, so ``write_real_format``
 round-trips the index) and builds the ``DatasetIndex``. ``synthetic_index`` puts the Clever-Hans
-marker on every training image of ``hans_class`` and on a random half of the evaluation images
-(CSR's spurious-feature test).
+marker on every training image of ``hans_class`` (or of concept ``hans_concept``; on a seeded
+share ``hans_fraction`` of them) and on a random half of the evaluation images (CSR's
+spurious-feature test).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def synthetic_index(data_cfg) -> DatasetIndex:
     Fields: ``like``, ``num_train``, ``num_test``, ``num_val`` (0 = no val split, -1 = as many
     as ``num_test``),
     ``image_size``, ``seed``, ``clever_hans`` (bool), ``hans_class`` (default 1),
+    ``hans_concept`` (default -1; >= 0: mark the training images showing that concept instead),
+    ``hans_fraction`` (default 1; the seeded share of those training images that are marked),
     ``images_per_patient`` (default 1; consecutive images of a split share a patient id).
     Splits occupy consecutive index ranges train, test, val so no image is shared.
     """
@@ -133,6 +136,15 @@ def synthetic_index(data_cfg) -> DatasetIndex:
     hans_class = int(get("hans_class", 1))
     if hans_on and not 0 <= hans_class < len(spec.class_names):
         raise ValueError(f"data.hans_class={hans_class} out of range for {like}")
+    hans_concept = int(get("hans_concept", -1))
+    if hans_on and not -1 <= hans_concept < len(spec.concept_names):
+        raise ValueError(
+            f"data.hans_concept={hans_concept} out of range for {like} "
+            f"({len(spec.concept_names)} concepts; -1 = mark by hans_class)"
+        )
+    hans_fraction = float(get("hans_fraction", 1.0))
+    if hans_on and not 0.0 < hans_fraction <= 1.0:
+        raise ValueError(f"data.hans_fraction={hans_fraction} must be in (0, 1]")
     per_patient = int(get("images_per_patient", 1))
     if per_patient <= 0:
         raise ValueError(f"data.images_per_patient must be > 0, got {per_patient}")
@@ -145,7 +157,17 @@ def synthetic_index(data_cfg) -> DatasetIndex:
         for j in range(counts[split]):
             i = start + j
             lay = procedural.layout(like, seed, i)
-            hans = hans_on and procedural.hans_marker(like, seed, i, lay.labels, split, hans_class)
+            hans = hans_on and procedural.hans_marker(
+                like,
+                seed,
+                i,
+                lay.labels,
+                split,
+                hans_class,
+                lay.concepts,
+                hans_concept,
+                hans_fraction,
+            )
             recs.append(
                 Record(
                     image_id=f"{like}_{seed}_{i:06d}.png",

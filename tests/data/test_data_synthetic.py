@@ -163,6 +163,27 @@ def test_clever_hans_marker():
         S.synthetic_index(_cfg(clever_hans=True, hans_class=15))
 
 
+def test_clever_hans_marker_by_concept():
+    idx = S.synthetic_index(_cfg(like="tbx11k", clever_hans=True, hans_concept=3, num_test=200))
+    train = idx.split("train")
+    marks = np.array([r.meta["hans"] for r in train])
+    assert marks.any() and not marks.all()
+    for r in train:
+        assert r.meta["hans"] == bool(r.concepts[3] == 1) == ("hans=1" in r.path)
+    marks = np.array([r.meta["hans"] for r in idx.split("test")])
+    assert 0.35 < marks.mean() < 0.65  # evaluation images: a random half, as by class
+    half = S.synthetic_index(
+        _cfg(like="tbx11k", clever_hans=True, hans_concept=3, hans_fraction=0.5)
+    ).split("train")
+    has = np.array([r.concepts[3] == 1 for r in train])
+    half_marks = np.array([r.meta["hans"] for r in half])
+    assert not half_marks[~has].any() and 0.35 < half_marks[has].mean() < 0.65
+    with pytest.raises(ValueError, match="hans_concept"):
+        S.synthetic_index(_cfg(like="tbx11k", clever_hans=True, hans_concept=5))
+    with pytest.raises(ValueError, match="hans_fraction"):
+        S.synthetic_index(_cfg(like="tbx11k", clever_hans=True, hans_fraction=0.0))
+
+
 def test_index_config_errors():
     with pytest.raises(ValueError, match="num_train"):
         S.synthetic_index(_cfg(num_train=0))

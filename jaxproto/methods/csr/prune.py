@@ -115,11 +115,16 @@ def refit_head(method, state: dict, scores: np.ndarray, labels: np.ndarray, seed
 
 
 def prototypes_in_box(
-    method, state: dict, train: Sequence[Record], box: tuple[float, float, float, float]
+    method,
+    state: dict,
+    train: Sequence[Record],
+    box: tuple[float, float, float, float],
+    margin: float = 0.0,
 ) -> list[int]:
     """Flat ids of the prototypes whose atlas patch — the arg-max of their similarity map on
     their atlas image — lies in ``box`` (x, y, w, h in network-input pixels), e.g. a spurious
-    marker."""
+    marker. ``margin`` > 0 also takes a prototype whose map in the box comes within ``margin``
+    of its maximum (a near tie: its atlas image shows both, e.g. marker and lesion)."""
     atlas = np.asarray(jax.device_get(state["extra"]["atlas_index"]))
     m_count = atlas.shape[1]
     linked = sorted({int(i) for i in atlas.ravel() if i >= 0})
@@ -132,8 +137,8 @@ def prototypes_in_box(
     cells = interact.importance_map([box], [], 0.0, (gh, gw), (size, size)) > 0
     out = []
     for k, m, i in atlas_lib.linked_prototypes(atlas):
-        r, c = np.unravel_index(int(np.argmax(cache.sims[row[i], k, m])), (gh, gw))
-        if cells[r, c]:
+        sim = cache.sims[row[i], k, m]
+        if sim[cells].max() >= sim.max() - margin:
             out.append(k * m_count + m)
     return out
 
