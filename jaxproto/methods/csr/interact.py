@@ -198,7 +198,6 @@ def is_indecisive(probs: np.ndarray, threshold: float = 0.3) -> np.ndarray:
 
 
 def _page_header(method, image: str | np.ndarray) -> Header:
-    prov = method.provenance or {}
     thr = method.thresholds
     protocol = (
         f"decisions at per-class operating thresholds ({thr.get('criterion', 'best F1')}, "
@@ -207,14 +206,11 @@ def _page_header(method, image: str | np.ndarray) -> Header:
         else "no operating thresholds saved with this model: no decisions"
     )
     m = method.config.model
-    return Header(
-        model=f"CSR, {m.backbone}",
-        model_id=prov.get("id", "unknown"),
-        source=prov.get("source", "unknown"),
-        input=os.path.abspath(image) if isinstance(image, str) else "an in-memory image",
-        protocol=f"{protocol}; prediction = arg-max class; alpha = {float(m.alpha):g}, "
+    return method.page_header(
+        f"CSR, {m.backbone}",
+        image if isinstance(image, str) else None,
+        f"{protocol}; prediction = arg-max class; alpha = {float(m.alpha):g}, "
         f"clip_negative = {m.clip_negative}, interaction grid = {m.interaction_grid}",
-        selection=prov.get("selection", ""),
     )
 
 

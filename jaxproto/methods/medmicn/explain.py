@@ -240,15 +240,13 @@ def explain(method, state: dict, request: ExplainRequest) -> dict[str, str]:
             ],
         },
     ]
-    header = report.Header(
-        model=f"Med-MICN / {method.config.model.backbone}",
-        model_id=method.provenance.get("id", ""),
-        source=request.source,
-        input=os.path.abspath(request.image),
-        protocol=f"eval-mode BatchNorm (fair protocol), DCR temperature "
+    protocol = (
+        f"eval-mode BatchNorm (fair protocol), DCR temperature "
         f"{method.config.model.dcr_temperature:g}, preprocessing Resize+CenterCrop "
-        f"{method.image_size}",
-        selection=method.provenance.get("selection", ""),
+        f"{method.image_size}"
+    )
+    header = method.page_header(
+        f"Med-MICN / {method.config.model.backbone}", request.image, protocol
     )
     files["html"] = report.write_html_report(
         os.path.join(request.out_dir, "report.html"), "Med-MICN explanation", sections, header
