@@ -17,13 +17,10 @@ from jaxproto.common import config as config_lib
 from jaxproto.common.errors import ConfigError, UserError
 from jaxproto.core import checkpoint, workdir
 from jaxproto.methods import build_trainer, resolve_protocol
+from tests.tiny_runs import TINY_RUN
 
 TINY = [
-    ("model.image_size", "32"),
-    ("data.num_train", "16"),
-    ("data.num_test", "8"),
-    ("train.batch_size", "8"),
-    ("train.eval_batch_size", "8"),
+    *TINY_RUN,
     ("train.epochs", "3.0"),
     ("train.eval_every_epochs", "0.0"),
     ("train.checkpoint_every_steps", "2"),

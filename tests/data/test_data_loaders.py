@@ -84,18 +84,25 @@ def test_chestxray14_end_to_end(tmp_path):
     np.testing.assert_array_equal(load_image(r.path), _image(r))
 
 
-def test_chestxray14_patient_wise_val(tmp_path):
+def _write_chestxray14(root, patients: int, images: int) -> list:
+    """A ChestX-ray14 folder: patients 1..N with 1..``images`` images each (patient p has
+    p % images + 1) in train, one test image of patient 99; returns the train records."""
     from jaxproto.data.chestxray14 import class_names
 
     n = len(class_names())
     train = [
         _rec(f"{p:08d}_{k:03d}.png", [p % 14], n, str(p))
-        for p in range(1, 21)
-        for k in range(p % 3 + 1)
+        for p in range(1, patients + 1)
+        for k in range(p % images + 1)
     ]
     test = [_rec("00000099_000.png", [14], n, "99")]
     index = DatasetIndex("chestxray14", class_names(), {"train": train, "test": test})
-    write_real_format.write("chestxray14", index, _image, str(tmp_path))
+    write_real_format.write("chestxray14", index, _image, str(root))
+    return train
+
+
+def test_chestxray14_patient_wise_val(tmp_path):
+    train = _write_chestxray14(tmp_path, patients=20, images=3)
     loaded = _load("chestxray14", tmp_path, val_fraction=0.3, seed=3)
     patients = {s: {r.patient_id for r in recs} for s, recs in loaded.splits.items()}
     assert patients["val"] and patients["train"]
@@ -112,18 +119,9 @@ def test_default_val_split_is_patient_wise(tmp_path):
     """The validation protocol's default (data.val_fraction auto): 10 % of the training patients
     (ChestX-ray14 has no official val list), disjoint from train; the paper protocol's (0) none,
     with the training set then whole."""
-    from jaxproto.data.chestxray14 import class_names
     from jaxproto.data.loading import AUTO, AUTO_VAL_FRACTION
 
-    n = len(class_names())
-    train = [
-        _rec(f"{p:08d}_{k:03d}.png", [p % 14], n, str(p))
-        for p in range(1, 41)
-        for k in range(p % 4 + 1)
-    ]
-    test = [_rec("00000099_000.png", [14], n, "99")]
-    index = DatasetIndex("chestxray14", class_names(), {"train": train, "test": test})
-    write_real_format.write("chestxray14", index, _image, str(tmp_path))
+    train = _write_chestxray14(tmp_path, patients=40, images=4)
     assert default_data_config("chestxray14").val_fraction == AUTO
     loaded = _load("chestxray14", tmp_path)
     patients = {s: {r.patient_id for r in recs} for s, recs in loaded.splits.items()}

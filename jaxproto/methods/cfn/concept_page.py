@@ -53,17 +53,22 @@ def activation_stats(z, chunk: int = 4096) -> dict[str, np.ndarray]:
     return {"frequency": fired / len(z), "max": peak, "mean": total / len(z)}
 
 
+def test_aucs(runner, latents: np.ndarray) -> np.ndarray | None:
+    """Synthetic primitives only: (C, J) AUC of each latent's test activation for each planted
+    concept (NaN where a concept is on every test image or on none); None for other data."""
+    if runner.config.data.get("name") != "primitives":
+        return None
+    concepts = np.stack([r.concepts for r in runner.index.split("test")])
+    z = np.asarray(runner.z("test"))[:, latents]
+    return np.stack([latent_aucs(z, concepts[:, c]) for c in range(concepts.shape[1])])
+
+
 def _truth(runner, alive: np.ndarray) -> dict[int, tuple[str, float]] | None:
     """Synthetic primitives only: per alive latent the planted primitive its test activations
     separate best, with that AUC."""
-    if runner.config.data.get("name") != "primitives":
+    aucs = test_aucs(runner, alive)
+    if aucs is None:
         return None
-    records = runner.index.split("test")
-    concepts = np.stack([r.concepts for r in records])
-    z = np.asarray(runner.z("test"))[:, alive]
-    aucs = np.stack(
-        [latent_aucs(z, concepts[:, c]) for c in range(len(runner.index.concept_names))]
-    )
     aucs = np.where(np.isnan(aucs), -np.inf, aucs)
     best = np.argmax(aucs, axis=0)
     return {

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from jaxproto.common.errors import UserError
+from jaxproto.data import primitives
 from jaxproto.methods.cfn import cbm as cbm_lib
 from jaxproto.methods.cfn import concept_page
 
@@ -121,25 +122,19 @@ def summary_text(result: dict) -> str:
 def planted_truth(runner, names: dict[int, str]) -> dict | None:
     """For primitives data: per class-relevant primitive, the best-separating latent on the
     test split (AUC), its report-derived name and whether the name contains the primitive's."""
-    cfg = runner.config.data
-    if cfg.get("name") != "primitives":
-        return None
-    from jaxproto.data import primitives
-
-    relevant, _ = primitives.primitive_names(cfg.like)
-    records = runner.index.split("test")
-    concepts = np.stack([r.concepts for r in records])
-    z = np.asarray(runner.z("test"))
     alive = np.array(sorted(names))
+    aucs = concept_page.test_aucs(runner, alive)
+    if aucs is None:
+        return None
+    relevant, _ = primitives.primitive_names(runner.config.data.like)
     rows = {}
     for p in relevant:
-        col = runner.index.concept_names.index(p)
-        aucs = concept_page.latent_aucs(z[:, alive], concepts[:, col])
-        best = int(np.nanargmax(aucs))
+        col = aucs[runner.index.concept_names.index(p)]
+        best = int(np.nanargmax(col))
         latent = int(alive[best])
         name = names[latent]
         rows[p] = {
-            "latent": latent, "auc": float(aucs[best]), "name": name,
+            "latent": latent, "auc": float(col[best]), "name": name,
             "named_right": p in name.split(),
         }  # fmt: skip
     good = [r for r in rows.values() if r["auc"] >= 0.9]
