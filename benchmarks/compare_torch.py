@@ -305,10 +305,16 @@ def _cipl_runs(args, rng) -> dict:
     config = cipl_config.get_config(
         "chestxray14", f"image_size={args.image_size},backbone={args.backbone}"
     )
+    config.model.conv1x1 = args.conv1x1
     names = [f"class{k}" for k in range(15)]
     method = CiplMethod(config, DatasetIndex("bench", names, {}, background_class=14))
     optimizers = method.optimizers(steps_per_epoch=1000)
-    phases = {p.loss: p for p in method.phases() if p.loss in ("warmup", "main")}
+    # The warm-up and the first main phase (both train the backbone); the last-layer phases
+    # also use the "main" loss but only train the last layer.
+    phases = {}
+    for p in method.phases():
+        if p.loss in ("warmup", "main") and p.optimizer == "joint":
+            phases.setdefault(p.loss, p)
     holder = {"state": jax.jit(lambda: init_state(method, optimizers, 0))()}
     steps = {
         name: jax.jit(make_train_step(method, ph, optimizers[ph.optimizer]), donate_argnums=0)
@@ -346,6 +352,7 @@ def _baseline_runs(args, rng) -> dict:
     config = baseline_config.get_config(
         "odir", f"image_size={args.image_size},backbone={args.baseline_backbone}"
     )
+    config.model.conv1x1 = args.conv1x1
     names = [f"class{k}" for k in range(8)]
     method = BaselineMethod(config, DatasetIndex("bench", names, {}))
     optimizers = method.optimizers(steps_per_epoch=1000)
@@ -390,8 +397,8 @@ _CONVS = (
 
 def _conv_runs(args, rng) -> dict:
     """One convolution's forward + input and kernel gradients: as ``layers.Conv1x1`` (a matmul)
-    for 1x1 and ``layers.conv_no_bias`` for 3x3, as a plain XLA convolution (``xla_`` steps: how
-    the backbones compute 1x1 convolutions by default), and in torch."""
+    for 1x1 (``model.conv1x1=matmul``) and ``layers.conv_no_bias`` for 3x3, as a
+    plain XLA convolution (``xla_`` steps: ``model.conv1x1=xla``, the default), and in torch."""
     runs = {}
     for name, hw, cin, cout, k in _CONVS:
         hw = max(1, hw * args.image_size // 224)
@@ -442,6 +449,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--baseline-backbone", choices=sorted(resnet.CONFIGS), default="resnet50")
     parser.add_argument(
+        "--conv1x1",
+        choices=layers.CONV1X1_MODES,
+        default="matmul",
+        help="model.conv1x1 of the whole-step models (the config default is xla)",
+    )
+    parser.add_argument(
         "--steps",
         default=",".join(STEPS),
         help=f"comma-separated subset of {', '.join(STEPS + CONV_STEPS)}",
@@ -483,6 +496,7 @@ def main(argv: list[str] | None = None) -> None:
             images_per_step=images,
             threads=args.threads,
             repeats=args.repeats,
+            conv1x1=args.conv1x1 if name in STEPS else None,
             jaxproto_images_per_sec=jax_ips,
             torch_images_per_sec=torch_ips,
             ratio=jax_ips / torch_ips,

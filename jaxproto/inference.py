@@ -215,9 +215,10 @@ def read_export(folder: str) -> tuple[ml_collections.ConfigDict, dict, dict]:
         raise ExportError(
             f"{folder}: checksum mismatch — the export was modified after it was written"
         )
-    config = ml_collections.ConfigDict(
-        config_lib.read_json(os.path.join(folder, "config.json"), ExportError)
-    )
+    saved = config_lib.read_json(os.path.join(folder, "config.json"), ExportError)
+    if not isinstance(saved, dict):
+        raise ExportError(f"{folder}/config.json: expected a JSON object (a saved config)")
+    config = ml_collections.ConfigDict(config_lib.with_added_keys(saved))
     meta = config_lib.read_json(os.path.join(folder, "dataset.json"), ExportError)
     with open(os.path.join(folder, "variables.msgpack"), "rb") as f:
         state = flax.serialization.msgpack_restore(f.read())

@@ -12,7 +12,9 @@ the URL. It is the standard library's ``http.server`` with a plain JS/canvas pag
 install, and re-prediction reuses the cached backbone features.
 
 Pruning (``--prune`` flat prototype ids k·M + m, or ``--prune_marker`` x,y,w,h in network-input
-pixels: every prototype whose atlas patch lies in that box): masks the prototypes, re-fits only
+pixels: every prototype whose atlas evidence sits in that box, by ``--prune_rule``: atlas_share,
+the default, fires on the box on a share of its top-n atlas images; argmax, the arg-max of its map
+on its one atlas image lies in the box): masks the prototypes, re-fits only
 the task head on cached similarity scores of the training split, writes a new export with
 ``pruning.json`` (what was removed, by whom, when, test F1 and pointing game before, after
 masking only and after the re-fit). ``--mask_only`` exports the masked model with its own head.
@@ -40,6 +42,8 @@ from jaxproto.data import registry
 from jaxproto.data.records import BadSampleReport
 from jaxproto.methods.csr import prune as prune_lib
 from jaxproto.methods.csr.studio import MAX_UPLOAD_BYTES, StudioApp, StudioError
+
+MARKER_RULES = ("atlas_share", "argmax")
 
 log = logging.getLogger("jaxproto.studio")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -166,13 +170,48 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765, help="port (0 = any free port)")
     parser.add_argument("--token", help="access token (default: random when not on loopback)")
     parser.add_argument("--prune", help="prune these flat prototype ids (k*M+m), comma-separated")
-    parser.add_argument("--prune_marker", help="prune prototypes whose atlas patch is in x,y,w,h")
+    parser.add_argument(
+        "--prune_marker",
+        help="prune the prototypes whose atlas evidence sits in this box, x,y,w,h in network-input "
+        "pixels (e.g. a spurious marker); which ones: --prune_rule",
+    )
+    parser.add_argument(
+        "--prune_rule",
+        choices=MARKER_RULES,
+        default="atlas_share",
+        help="with --prune_marker: atlas_share (default) = a prototype that fires on the box on at "
+        "least --prune_share of its --prune_top atlas images (its n most similar training images "
+        "with the concept, Eq. 11 extended to the top n), 'fires' = its map's maximum over the "
+        "grid cells the box covers at least half of is within --prune_tolerance of the map's "
+        "peak, relative to the map's range; argmax = the arg-max of its map on its one atlas "
+        "image (Eq. 11) lies in a cell the box touches (--prune_margin)",
+    )
+    parser.add_argument(
+        "--prune_top",
+        type=int,
+        default=prune_lib.MARKER_TOP_N,
+        help=f"atlas_share: atlas images per prototype (default {prune_lib.MARKER_TOP_N})",
+    )
+    parser.add_argument(
+        "--prune_tolerance",
+        type=float,
+        default=prune_lib.MARKER_TOLERANCE,
+        help="atlas_share: how close to its peak, as a share of the map's range, the map in the "
+        f"box must come (default {prune_lib.MARKER_TOLERANCE}; 0 = the peak is in the box)",
+    )
+    parser.add_argument(
+        "--prune_share",
+        type=float,
+        default=prune_lib.MARKER_MIN_SHARE,
+        help="atlas_share: the share of its atlas images on which a prototype must fire on the box "
+        f"(default {prune_lib.MARKER_MIN_SHARE})",
+    )
     parser.add_argument(
         "--prune_margin",
         type=float,
         default=0.0,
-        help="with --prune_marker: also prune prototypes whose atlas map in the box comes within "
-        "this of its maximum (default 0: the arg-max must be in the box)",
+        help="argmax: also prune prototypes whose atlas map in the box comes within this "
+        "(absolute cosine) of its maximum (default 0: the arg-max must be in the box)",
     )
     parser.add_argument("--out", help="with --prune/--prune_marker: the new export folder")
     parser.add_argument("--by", default=None, help="who prunes (recorded; default: user name)")
@@ -185,6 +224,41 @@ def build_parser() -> cli.ArgumentParser:
     return parser
 
 
+def select_marker_prototypes(args, method, state, train) -> tuple[list[int], dict]:
+    """--prune_marker: the ids the chosen --prune_rule finds in the box, and what to record."""
+    box = cli.parse_box(args.prune_marker, "--prune_marker")
+    if args.prune_margin < 0:
+        raise UserError(f"--prune_margin must be >= 0, got {args.prune_margin}")
+    selection = {"box": list(box), "rule": args.prune_rule}
+    if args.prune_rule == "argmax":
+        found = prune_lib.prototypes_in_box(method, state, train, box, args.prune_margin)
+        log.info("prototypes whose atlas patch lies in the box: %s", found)
+        return found, {**selection, "margin": args.prune_margin}
+    if args.prune_margin:
+        raise UserError(
+            "--prune_margin is for --prune_rule argmax; atlas_share has --prune_tolerance"
+        )
+    if args.prune_top < 1:
+        raise UserError(f"--prune_top must be >= 1, got {args.prune_top}")
+    if not 0 <= args.prune_tolerance < 1:
+        raise UserError(f"--prune_tolerance must be in [0, 1), got {args.prune_tolerance}")
+    if not 0 < args.prune_share <= 1:
+        raise UserError(f"--prune_share must be in (0, 1], got {args.prune_share}")
+    found, share = prune_lib.prototypes_on_marker(
+        method, state, train, box, args.prune_top, args.prune_tolerance, args.prune_share
+    )
+    m_count = share.shape[1]
+    shares = {str(i): round(float(share[i // m_count, i % m_count]), 4) for i in found}
+    log.info("prototypes firing on the box on their atlas images (id: share): %s", shares)
+    return found, {
+        **selection,
+        "top_n": args.prune_top,
+        "tolerance": args.prune_tolerance,
+        "min_share": args.prune_share,
+        "share": shares,
+    }
+
+
 def run_prune(args, config, method, state, source: str, atlas: str) -> int:
     """--prune / --prune_marker: mask, re-fit the head, write the new export + record."""
     if not args.out:
@@ -195,17 +269,9 @@ def run_prune(args, config, method, state, source: str, atlas: str) -> int:
     index = registry.load_index(config.data, BadSampleReport(config.data.on_bad_sample))
     train, test = index.split("train"), index.split("test")
     ids = parse_ids(args.prune) if args.prune else []
-    if args.prune_margin < 0:
-        raise UserError(f"--prune_margin must be >= 0, got {args.prune_margin}")
+    selection = None
     if args.prune_marker:
-        found = prune_lib.prototypes_in_box(
-            method,
-            state,
-            train,
-            cli.parse_box(args.prune_marker, "--prune_marker"),
-            args.prune_margin,
-        )
-        log.info("prototypes whose atlas patch lies in the box: %s", found)
+        found, selection = select_marker_prototypes(args, method, state, train)
         ids = sorted(set(ids) | set(found))
     if not ids:
         raise UserError("nothing to prune: no ids given and none found in the box")
@@ -217,6 +283,8 @@ def run_prune(args, config, method, state, source: str, atlas: str) -> int:
         mask = new_state["extra"]["proto_mask"]
         new_state = {**state, "extra": {**state["extra"], "proto_mask": mask}}
     record["exported"] = "mask_only" if args.mask_only else "after"
+    if selection is not None:
+        record["selection"] = selection
     config = config.copy_and_resolve_references()
     config.refine.prune = sorted(set(int(i) for i in config.refine.prune) | set(ids))
     if args.export:

@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(dry_run(config) + "\nconfig and data OK; nothing was written\n")
         return 0
     is_main = parallel.is_main_process()
+    workdir_lib.adopt_added_keys(args.workdir, config)  # every process: one program for all
     if is_main:
         workdir_lib.check_config_change(args.workdir, config)  # before any work
     created = not os.path.exists(args.workdir)

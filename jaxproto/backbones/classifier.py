@@ -19,6 +19,7 @@ class Classifier(nn.Module):
     tap: str
     num_classes: int
     compute_dtype: str = "float32"  # the backbone's (model.compute_dtype)
+    conv1x1: str = "xla"  # model.conv1x1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -27,6 +28,7 @@ class Classifier(nn.Module):
             taps=(self.tap,),
             with_head=False,
             dtype=self.compute_dtype,
+            conv1x1=self.conv1x1,
             name="backbone",
         )
         feats = net(x, train=train)[self.tap]

@@ -54,8 +54,10 @@ def tap_info(
     }
 
 
-def _conv(features: int, k: int, dtype: layers.Dtype, name: str, stride: int = 1) -> nn.Conv:
-    return layers.conv_no_bias(features, k, stride, layers.kaiming_normal_fan_in, dtype, name)
+def _conv(module: layers.Configured, features: int, k: int, name: str, stride: int = 1):
+    return layers.conv_no_bias(
+        features, k, stride, layers.kaiming_normal_fan_in, module.dtype, name, module.conv1x1
+    )
 
 
 class DenseLayer(layers.Configured):
@@ -67,9 +69,9 @@ class DenseLayer(layers.Configured):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = nn.relu(self.norm("norm1")(x, train))
-        y = _conv(self.bn_size * self.growth_rate, 1, self.dtype, "conv1")(y)
+        y = _conv(self, self.bn_size * self.growth_rate, 1, "conv1")(y)
         y = nn.relu(self.norm("norm2")(y, train))
-        return _conv(self.growth_rate, 3, self.dtype, "conv2")(y)
+        return _conv(self, self.growth_rate, 3, "conv2")(y)
 
 
 class DenseBlock(layers.Configured):
@@ -85,8 +87,7 @@ class DenseBlock(layers.Configured):
             y = DenseLayer(
                 self.growth_rate,
                 self.bn_size,
-                bn_running_var=self.bn_running_var,
-                dtype=self.dtype,
+                **self.shared(),
                 name=f"denselayer{i + 1}",
             )(x, train)
             x = jnp.concatenate([x, y], axis=-1)
@@ -101,7 +102,7 @@ class Transition(layers.Configured):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = self.norm("norm")(x, train)
-        x = _conv(self.out_features, 1, self.dtype, "conv")(nn.relu(x))
+        x = _conv(self, self.out_features, 1, "conv")(nn.relu(x))
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -115,8 +116,8 @@ class DenseNetFeatures(layers.Configured):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        kw = {"bn_running_var": self.bn_running_var, "dtype": self.dtype}
-        x = _conv(self.num_init_features, 7, self.dtype, "conv0", stride=2)(x)
+        kw = self.shared()
+        x = _conv(self, self.num_init_features, 7, "conv0", stride=2)(x)
         x = layers.max_pool_3x3_s2(nn.relu(self.norm("norm0")(x, train)))
         ch = self.num_init_features
         for i, n in enumerate(self.block_config):
@@ -146,8 +147,7 @@ class DenseNet(layers.Backbone):
             self.block_config,
             self.num_init_features,
             self.bn_size,
-            bn_running_var=self.bn_running_var,
-            dtype=self.dtype,
+            **self.shared(),
             name="features",
         )(x.astype(self.dtype), train)
         values = {"block4_prenorm": prenorm, "final_relu": nn.relu(normed)}

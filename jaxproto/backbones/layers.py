@@ -28,6 +28,12 @@ COMPUTE_DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bflo
 
 BN_RUNNING_VAR_MODES = ("unbiased", "biased")
 
+# model.conv1x1: how a backbone computes its 1x1 convolutions. "matmul" (:class:`Conv1x1`) gives
+# the same result within float32 rounding as "xla" (``nn.Conv``, the default and what runs saved
+# before the key existed used) and trains 2-18x faster per layer on XLA:CPU. It is opt-in until
+# the synthetic demos are re-measured with it: the rounding difference changes their trajectories.
+CONV1X1_MODES = ("matmul", "xla")
+
 # kaiming_normal_(mode=..., nonlinearity="relu") without truncation (jax_stack.md §3.5).
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 kaiming_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -89,13 +95,16 @@ def conv_no_bias(
     kernel_init: nn.initializers.Initializer,
     dtype: Dtype,
     name: str,
+    conv1x1: str = "xla",
 ) -> nn.Module:
-    """PyTorch ``Conv2d(k, stride, padding=k // 2, bias=False)`` with ``kernel_init``.
-
-    1x1 convolutions stay ``nn.Conv`` by default: :class:`Conv1x1` is ~2-18x faster on XLA:CPU
-    and equal per step within 1e-6, but that rounding difference changes the trajectories of the
-    synthetic demos (CIPL demo test AUC 0.955 instead of 0.9975), so it waits for a config flag.
-    """
+    """PyTorch ``Conv2d(k, stride, padding=k // 2, bias=False)`` with ``kernel_init``; a 1x1
+    one is a :class:`Conv1x1` (same parameters) with ``conv1x1="matmul"`` (``CONV1X1_MODES``)."""
+    if conv1x1 not in CONV1X1_MODES:
+        raise ConfigError(f"model.conv1x1 must be one of {list(CONV1X1_MODES)}, got {conv1x1!r}")
+    if k == 1 and conv1x1 == "matmul":
+        return Conv1x1(
+            features, stride=stride, use_bias=False, kernel_init=kernel_init, dtype=dtype, name=name
+        )
     return nn.Conv(
         features,
         (k, k),
@@ -161,11 +170,16 @@ class BatchNorm(nn.Module):
 
 class Configured(nn.Module):
     """Keyword-only fields every backbone module shares: the BatchNorm running-variance mode
-    (``"unbiased"`` as PyTorch, ``"biased"`` as Flax) and the compute dtype of its layers
-    (parameters stay float32)."""
+    (``"unbiased"`` as PyTorch, ``"biased"`` as Flax), the compute dtype of its layers
+    (parameters stay float32) and how 1x1 convolutions are computed (``CONV1X1_MODES``)."""
 
     bn_running_var: str = dataclasses.field(default="unbiased", kw_only=True)
     dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+    conv1x1: str = dataclasses.field(default="xla", kw_only=True)
+
+    def shared(self) -> dict[str, Any]:
+        """These fields, for building a submodule with the same settings."""
+        return {"bn_running_var": self.bn_running_var, "dtype": self.dtype, "conv1x1": self.conv1x1}
 
     def norm(self, name: str) -> BatchNorm:
         """A PyTorch-faithful BatchNorm submodule with this module's settings."""

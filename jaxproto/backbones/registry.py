@@ -62,6 +62,7 @@ def build_backbone(
     bn_running_var: str = "unbiased",
     dtype: Any = jnp.float32,
     name: str | None = None,
+    conv1x1: str = "xla",
     **overrides: Any,
 ) -> nn.Module:
     """The Linen module for backbone ``arch`` returning a dict of ``taps``.
@@ -71,7 +72,8 @@ def build_backbone(
     ``block_config`` for densenet_tiny, ``drop_path_rate`` for ConvNeXt, ``dropout_rate`` for
     VGG's head). ``bn_running_var`` in {"unbiased" (PyTorch), "biased" (Flax)}. ``dtype`` is the
     compute dtype (a jnp dtype or a ``model.compute_dtype`` name: "float32", "bfloat16");
-    parameters and the returned taps are float32 either way.
+    parameters and the returned taps are float32 either way. ``conv1x1`` is ``model.conv1x1``
+    (``layers.CONV1X1_MODES``: "matmul" or "xla", equal within float32 rounding).
     """
     spec = get_spec(arch)
     dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
@@ -89,6 +91,7 @@ def build_backbone(
         num_classes=num_classes,
         bn_running_var=bn_running_var,
         dtype=dtype,
+        conv1x1=conv1x1,
         name=name,
         **kwargs,
     )

@@ -41,8 +41,10 @@ def tap_info(
     return info
 
 
-def _conv(features: int, k: int, stride: int, dtype: layers.Dtype, name: str) -> nn.Conv:
-    return layers.conv_no_bias(features, k, stride, layers.kaiming_normal_fan_out, dtype, name)
+def _conv(module: layers.Configured, features: int, k: int, stride: int, name: str):
+    return layers.conv_no_bias(
+        features, k, stride, layers.kaiming_normal_fan_out, module.dtype, name, module.conv1x1
+    )
 
 
 class ResidualBlock(layers.Configured):
@@ -57,21 +59,21 @@ class ResidualBlock(layers.Configured):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         bn = self.norm
         if self.block == "basic":
-            out = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
+            out = _conv(self, self.planes, 3, self.stride, "conv1")(x)
             out = nn.relu(bn("bn1")(out, train))
-            out = _conv(self.planes, 3, 1, self.dtype, "conv2")(out)
+            out = _conv(self, self.planes, 3, 1, "conv2")(out)
             out = bn("bn2")(out, train)
         else:
-            out = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+            out = _conv(self, self.planes, 1, 1, "conv1")(x)
             out = nn.relu(bn("bn1")(out, train))
-            out = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(out)
+            out = _conv(self, self.planes, 3, self.stride, "conv2")(out)
             out = nn.relu(bn("bn2")(out, train))
-            out = _conv(self.planes * 4, 1, 1, self.dtype, "conv3")(out)
+            out = _conv(self, self.planes * 4, 1, 1, "conv3")(out)
             out = bn("bn3")(out, train)
         identity = x
         if self.downsample:
             identity = _conv(
-                self.planes * _EXPANSION[self.block], 1, self.stride, self.dtype, "downsample_conv"
+                self, self.planes * _EXPANSION[self.block], 1, self.stride, "downsample_conv"
             )(x)
             identity = bn("downsample_bn")(identity, train)
         return nn.relu(out + identity)
@@ -90,7 +92,7 @@ class ResNet(layers.Backbone):
         if self.block not in _EXPANSION:
             raise ValueError(f"ResNet block must be one of {list(_EXPANSION)}, got {self.block!r}")
         values = {}
-        x = _conv(self.widths[0], 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
+        x = _conv(self, self.widths[0], 7, 2, "conv1")(x.astype(self.dtype))
         x = layers.max_pool_3x3_s2(nn.relu(self.norm("bn1")(x, train)))
         values["stem"] = x
         in_ch = self.widths[0]
@@ -103,8 +105,7 @@ class ResNet(layers.Backbone):
                     planes=w,
                     stride=stride,
                     downsample=(j == 0 and (stride != 1 or in_ch != w * exp)),
-                    bn_running_var=self.bn_running_var,
-                    dtype=self.dtype,
+                    **self.shared(),
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
                 in_ch = w * exp

@@ -149,8 +149,30 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     return path
 
 
+# Keys added after runs had been saved, each with the value that reproduces a run saved without
+# it (its behaviour before the key existed). Saved configs are read through ``with_added_keys``
+# and a resumed run adopts these values (``core.workdir.adopt_added_keys``), so a new key
+# neither changes an old run's results nor stops it from resuming.
+ADDED_KEYS: dict[str, object] = {"model.conv1x1": "xla"}
+
+
+def with_added_keys(saved: dict) -> dict:
+    """``saved`` (a saved config as a dict) with each ``ADDED_KEYS`` key it lacks set to the
+    value that reproduces it; keys whose block the config does not have are left out."""
+    out = json.loads(json.dumps(saved))
+    for dotted, value in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        block = out
+        for name in parents:
+            block = block.get(name) if isinstance(block, dict) else None
+        if isinstance(block, dict) and leaf not in block:
+            block[leaf] = value
+    return out
+
+
 def load_saved_config(workdir_or_file: str) -> ml_collections.ConfigDict:
-    """Reads the ``config.json`` a run wrote (a workdir or the file itself)."""
+    """Reads the ``config.json`` a run wrote (a workdir or the file itself), with
+    ``with_added_keys``."""
     path = workdir_or_file
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
@@ -159,7 +181,7 @@ def load_saved_config(workdir_or_file: str) -> ml_collections.ConfigDict:
     data = read_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object (a saved config)")
-    return ml_collections.ConfigDict(data)
+    return ml_collections.ConfigDict(with_added_keys(data))
 
 
 def read_json(path: str, error: type[Exception] = ConfigError):

@@ -101,6 +101,31 @@ def _read_json(path: str) -> dict:
         raise ConfigError(f"{path}: unreadable ({e}); is this a jaxproto workdir?") from None
 
 
+def _saved_config(path: str) -> dict:
+    return config_lib.with_added_keys(_read_json(path))
+
+
+def adopt_added_keys(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+    """Sets in ``config`` each ``config_lib.ADDED_KEYS`` key that the run in ``workdir``
+    was saved without to the value that reproduces that run, so resuming it continues it
+    unchanged. Returns the adopted keys (none for a new workdir or a run saved with them)."""
+    history = _config_history(workdir)
+    if not history:
+        return []
+    saved = _flat(_read_json(history[-1]))
+    adopted = []
+    for key, value in config_lib.ADDED_KEYS.items():
+        *parents, leaf = key.split(".")
+        block = config
+        for name in parents:
+            block = block.get(name) if block is not None else None
+        if block is not None and leaf in block and key not in saved:
+            block[leaf] = value
+            adopted.append(key)
+            log.info("%s was saved before %s existed: resuming it with %r", workdir, key, value)
+    return adopted
+
+
 def _changes(old: dict, new: dict) -> list[str]:
     a, b = _flat(old), _flat(new)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _IGNORED_KEYS)
@@ -114,7 +139,7 @@ def check_config_change(workdir: str, config: ml_collections.ConfigDict) -> list
     if not history:
         return []
     new = json.loads(config_lib.to_json(config))
-    original, latest = _read_json(history[0]), _read_json(history[-1])
+    original, latest = _saved_config(history[0]), _saved_config(history[-1])
     changed = _changes(latest, new)
     if not changed:
         return []

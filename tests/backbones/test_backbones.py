@@ -25,6 +25,7 @@ from jaxproto.backbones import (
     tap_centre,
 )
 from jaxproto.backbones.layers import BatchNorm, DropPath, adaptive_avg_pool
+from jaxproto.common.errors import ConfigError
 
 # ----------------------------------------------------------------------------- registry / taps
 
@@ -517,3 +518,40 @@ def test_conv1x1_matmul_equals_a_numpy_1x1_convolution():
     assert kernel.shape == (1, 1, 5, 3)
     ref = np.einsum("bhwc,cd->bhwd", x[:, ::2, ::2], kernel[0, 0]) + bias
     np.testing.assert_allclose(np.asarray(conv.apply(params, x)), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet_tiny", "densenet_tiny"])
+def test_conv1x1_modes_share_parameters_and_agree(name):
+    """model.conv1x1: "matmul" (Conv1x1) and "xla" (nn.Conv: the default, runs saved before it)
+    build the same parameters from the same key and give the same taps and gradients."""
+    x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+    nets = {
+        m: build_backbone(name, taps=("logits",), with_head=True, num_classes=3, conv1x1=m)
+        for m in ("matmul", "xla")
+    }
+    init = {m: net.init(jax.random.key(0), x, train=True) for m, net in nets.items()}
+    flat = {m: dict(jax.tree_util.tree_leaves_with_path(v)) for m, v in init.items()}
+    assert flat["matmul"].keys() == flat["xla"].keys()
+    for path, leaf in flat["xla"].items():
+        np.testing.assert_array_equal(np.asarray(flat["matmul"][path]), np.asarray(leaf))
+
+    def loss(m, params):
+        out, _ = nets[m].apply(
+            {**init["xla"], "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.sum(out["logits"] ** 2), out["logits"]
+
+    (_, a), ga = jax.value_and_grad(lambda p: loss("matmul", p), has_aux=True)(
+        init["xla"]["params"]
+    )
+    (_, b), gb = jax.value_and_grad(lambda p: loss("xla", p), has_aux=True)(init["xla"]["params"])
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb), strict=True):
+        scale = float(np.abs(np.asarray(v)).max())  # train-mode BN amplifies rounding
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=0, atol=1e-3 * scale + 1e-6)
+
+
+def test_unknown_conv1x1_mode_is_a_config_error():
+    net = build_backbone("resnet_tiny", conv1x1="cudnn")
+    with pytest.raises(ConfigError, match="model.conv1x1 must be one of"):
+        net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -335,3 +335,22 @@ def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
     explain.warn_at_top(str(page), skipped[0]["error"])
     text = page.read_text()
     assert text.index("does not look like the images") < text.index("<h1>Report")
+
+
+def test_a_run_saved_before_an_added_key_resumes_with_its_old_behaviour(run, repo_root, tmp_path):
+    """config_lib.ADDED_KEYS: a workdir whose config.json lacks model.conv1x1 (written before
+    the key existed) is read and resumed with "xla", the behaviour it was trained with."""
+    wd = _copy(run, tmp_path)
+    saved = json.loads((wd / "config.json").read_text())
+    del saved["model"]["conv1x1"]
+    (wd / "config.json").write_text(json.dumps(saved))
+    assert config_lib.load_saved_config(str(wd)).model.conv1x1 == "xla"
+    resumed = _config(repo_root, [("model.conv1x1", "matmul")])
+    assert workdir.adopt_added_keys(str(wd), resumed) == ["model.conv1x1"]
+    assert resumed.model.conv1x1 == "xla"
+    assert workdir.check_config_change(str(wd), resumed) == []
+    assert workdir.record_config(str(wd), resumed).endswith("config.json")
+    assert not (wd / "config.1.json").exists()
+    fresh = _config(repo_root, [("model.conv1x1", "matmul")])
+    assert workdir.adopt_added_keys(str(tmp_path / "new"), fresh) == []
+    assert fresh.model.conv1x1 == "matmul"

@@ -28,7 +28,11 @@ class BaselineMethod(Method):
         m = config.model
         self.image_size = int(m.image_size)
         self.net = Classifier(
-            m.backbone, m.tap, index.num_classes, m.get("compute_dtype", "float32")
+            m.backbone,
+            m.tap,
+            index.num_classes,
+            m.get("compute_dtype", "float32"),
+            m.get("conv1x1", "xla"),
         )
 
     def init(self, rng):

@@ -30,7 +30,11 @@ class CfnMethod(Method):
         self.image_size = int(m.image_size)
         self.clip_norm = bool(m.clip_norm)
         self.net = Classifier(
-            m.backbone, m.tap, index.num_classes, m.get("compute_dtype", "float32")
+            m.backbone,
+            m.tap,
+            index.num_classes,
+            m.get("compute_dtype", "float32"),
+            m.get("conv1x1", "xla"),
         )
 
     def init(self, rng):

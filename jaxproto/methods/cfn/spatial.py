@@ -49,7 +49,13 @@ def tap_fn(model, opaque: dict):
     """``fn(images (N, S, S, 3)) -> the embedding tap's map (N, H, W, D)`` of model-ready images
     under the opaque model ``opaque`` ({"params", "batch_stats"}); ``model`` = config.model."""
     dtype = model.get("compute_dtype", "float32")
-    net = build_backbone(model.backbone, taps=(model.tap,), with_head=False, dtype=dtype)
+    net = build_backbone(
+        model.backbone,
+        taps=(model.tap,),
+        with_head=False,
+        dtype=dtype,
+        conv1x1=model.get("conv1x1", "xla"),
+    )
     variables = {
         "params": opaque["params"]["backbone"],
         "batch_stats": opaque.get("batch_stats", {}).get("backbone", {}),

@@ -154,6 +154,7 @@ def build_model(
         with_head=False,
         bn_running_var=model_cfg.get("bn_running_var", "unbiased"),
         dtype=model_cfg.get("compute_dtype", "float32"),
+        conv1x1=model_cfg.get("conv1x1", "xla"),
     )
     scale = float(model_cfg.get("similarity_scale", 0.0)) or float(model_cfg.proto_dim)
     return CiplNet(

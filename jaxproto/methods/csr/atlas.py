@@ -70,6 +70,33 @@ class AtlasBuilder:
         }
 
 
+class TopAtlas:
+    """The ``n`` training images most similar to each prototype, best first: Eq. 11's arg-max
+    extended to the top n over images that contain the concept (what a clinician browses in
+    the atlas; ``index[..., 0]`` is Eq. 11's image, ties to the earliest record as in
+    ``AtlasBuilder``). Streams (v', presence, record index) batches."""
+
+    def __init__(self, prototypes: np.ndarray, n: int):
+        if n < 1:
+            raise ValueError(f"the atlas needs n >= 1 images per prototype, got {n}")
+        self.protos = _normalize(np.asarray(prototypes, np.float64))
+        k, m, _ = self.protos.shape
+        self.index = np.full((k, m, n), -1, np.int64)
+        self.score = np.full((k, m, n), -np.inf)
+
+    def add(self, v_proj: np.ndarray, present: np.ndarray, record_ids: np.ndarray) -> None:
+        """v_proj (b, K, D) projected (unit) local concept vectors, present (b, K), record_ids
+        (b,)."""
+        cos = np.einsum("bkd,kmd->kmb", np.asarray(v_proj, np.float64), self.protos)
+        cos = np.where(np.asarray(present, bool).T[:, None, :], cos, -np.inf)
+        ids = np.broadcast_to(np.asarray(record_ids, np.int64), cos.shape)
+        scores = np.concatenate([self.score, cos], axis=-1)
+        order = np.argsort(-scores, axis=-1, kind="stable")[..., : self.index.shape[-1]]
+        self.score = np.take_along_axis(scores, order, axis=-1)
+        self.index = np.take_along_axis(np.concatenate([self.index, ids], -1), order, axis=-1)
+        self.index[~np.isfinite(self.score)] = -1
+
+
 def linked_prototypes(atlas_index: np.ndarray) -> Iterator[tuple[int, int, int]]:
     """Yields (k, m, training record index) for every prototype linked to an atlas image."""
     index = np.asarray(atlas_index)

@@ -96,7 +96,10 @@ class CsrMethod(Method):
         if backbone is None:
             tap = m.get("tap") or get_spec(m.backbone).default_taps[-1]
             backbone = build_backbone(
-                m.backbone, taps=(tap,), dtype=m.get("compute_dtype", "float32")
+                m.backbone,
+                taps=(tap,),
+                dtype=m.get("compute_dtype", "float32"),
+                conv1x1=m.get("conv1x1", "xla"),
             )
         self.model = CsrModel(
             backbone=backbone,

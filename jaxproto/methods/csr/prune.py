@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,29 @@ from jaxproto.core.logging import Progress
 from jaxproto.data.records import Record
 from jaxproto.methods.csr import atlas as atlas_lib
 from jaxproto.methods.csr import interact, losses
-from jaxproto.methods.csr.model import ALIVE_PROTOTYPES, CONCEPT_MAPS
+from jaxproto.methods.csr.data import concepts_of
+from jaxproto.methods.csr.model import ALIVE_PROTOTYPES, CONCEPT_MAPS, V_PROJ
 
 log = logging.getLogger(__name__)
+
+
+# The atlas-share rule's defaults (``prototypes_on_marker``; studio --prune_top/_tolerance/_share).
+MARKER_TOP_N = 10
+MARKER_TOLERANCE = 0.05
+MARKER_MIN_SHARE = 0.3
+
+
+def _image_batches(
+    method, records: Sequence[Record], batch_size: int, what: str
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first index, eval-transformed images) of ``records`` in batches, with a progress bar."""
+    starts = range(0, len(records), batch_size)
+    bar = Progress(len(starts), 0, what, batch_size)
+    for step, start in enumerate(starts):
+        chunk = records[start : start + batch_size]
+        yield start, np.stack([method.eval_example(r)["image"] for r in chunk])
+        bar.update(step + 1)
+    bar.close()
 
 
 class CachedScores:
@@ -34,16 +54,10 @@ class CachedScores:
 
     def __init__(self, method, state: dict, records: Sequence[Record], batch_size: int = 64):
         sims, concept_probs = [], []
-        starts = range(0, len(records), batch_size)
-        bar = Progress(len(starts), 0, "similarity maps", batch_size)
-        for step, start in enumerate(starts):
-            chunk = records[start : start + batch_size]
-            x = np.stack([method.eval_example(r)["image"] for r in chunk])
+        for _, x in _image_batches(method, records, batch_size, "similarity maps"):
             session = interact.CsrSession(method.model, state, x, method.config.model.clip_negative)
             sims.append(np.asarray(session.sims))
             concept_probs.append(np.asarray(jax.nn.sigmoid(session.concept_logits)))
-            bar.update(step + 1)
-        bar.close()
         self.sims = np.concatenate(sims)  # (N, K, M, H, W)
         self.concept_probs = np.concatenate(concept_probs)
         self.records = list(records)
@@ -141,6 +155,95 @@ def prototypes_in_box(
         if sim[cells].max() >= sim.max() - margin:
             out.append(k * m_count + m)
     return out
+
+
+def box_cells(
+    box: tuple[float, float, float, float], grid_hw: tuple[int, int], img_hw: tuple[int, int]
+) -> np.ndarray:
+    """(H, W) bool: the grid cells ``box`` (x, y, w, h in input pixels) covers at least half
+    of, or, if it covers none that much, the cells it covers most. Stricter than the
+    interaction's any-overlap cells (§4.1): a box drawn round a marker smaller than a cell
+    should not take in the neighbouring cells, where lesions may lie."""
+    x, y, w, h = (float(v) for v in box)
+
+    def cover(lo: float, size: float, n: int, extent: int) -> np.ndarray:
+        edges = np.arange(n + 1) * (extent / n)
+        inside = np.minimum(lo + size, edges[1:]) - np.maximum(lo, edges[:-1])
+        return np.clip(inside, 0.0, None) / (extent / n)
+
+    covered = np.outer(cover(y, h, grid_hw[0], img_hw[0]), cover(x, w, grid_hw[1], img_hw[1]))
+    if covered.max() <= 0:
+        raise interact.InteractionError(
+            f"box {box} (x, y, w, h) lies outside the {img_hw[1]}x{img_hw[0]} input"
+        )
+    cells = covered >= 0.5
+    return cells if cells.any() else covered == covered.max()
+
+
+def marker_share(
+    maps: np.ndarray, valid: np.ndarray, cells: np.ndarray, tolerance: float
+) -> np.ndarray:
+    """(K, M) share of each prototype's atlas images on which it fires on the box: its map's
+    maximum over ``cells`` is within ``tolerance`` of the map's peak, relative to the map's
+    range ((max_box S - min S) / (max S - min S) >= 1 - tolerance; 0 tolerance = the peak is
+    in the box). ``maps`` (K, M, n, H, W) the maps on the top-n atlas images, ``valid`` (K, M,
+    n) which atlas slots hold an image; a constant map fires nowhere; no image -> share 0."""
+    flat = maps.reshape(*maps.shape[:3], -1).astype(np.float64)
+    lo, hi = flat.min(-1), flat.max(-1)
+    in_box = flat[..., np.asarray(cells, bool).ravel()].max(-1)
+    span = hi - lo
+    rel = np.where(span > 0, (in_box - lo) / np.where(span > 0, span, 1.0), 0.0)
+    fires = (rel >= 1.0 - tolerance) & (span > 0) & valid
+    return fires.sum(-1) / np.maximum(valid.sum(-1), 1)
+
+
+def atlas_top(method, state: dict, train: Sequence[Record], n: int) -> np.ndarray:
+    """(K, M, n) training-record indices of each prototype's top-n atlas images (-1: fewer
+    images show the concept): ``atlas.TopAtlas`` over v' of the whole training split."""
+    k_count = method.num_concepts
+    top = atlas_lib.TopAtlas(np.asarray(jax.device_get(state["params"]["prototypes"])), n)
+    vectors = jax.jit(lambda st, x: method.concept_vectors(st, {"image": x})[V_PROJ])
+    batch = int(method.config.train.eval_batch_size)
+    for start, x in _image_batches(method, train, batch, "atlas concept vectors"):
+        chunk = train[start : start + len(x)]
+        present = np.stack([concepts_of(r, k_count) for r in chunk]) > 0.5
+        top.add(
+            np.asarray(vectors(state, jnp.asarray(x))), present, np.arange(start, start + len(x))
+        )
+    return top.index
+
+
+def prototypes_on_marker(
+    method,
+    state: dict,
+    train: Sequence[Record],
+    box: tuple[float, float, float, float],
+    top_n: int = MARKER_TOP_N,
+    tolerance: float = MARKER_TOLERANCE,
+    min_share: float = MARKER_MIN_SHARE,
+) -> tuple[list[int], np.ndarray]:
+    """The atlas-share rule: (flat ids, (K, M) shares) of the prototypes that fire on ``box``
+    (x, y, w, h in network-input pixels; its cells per ``box_cells``) on at least
+    ``min_share`` of their ``top_n`` atlas images (``atlas_top``, ``marker_share``): what a
+    clinician sees browsing a prototype's atlas with the marker lit up on many of its images.
+    Unlike the arg-max on Eq. 11's single image, it still finds a prototype that fires about
+    as much on the marker as on the lesion (a near tie), and a relative tolerance does not
+    take flat maps."""
+    index = atlas_top(method, state, train, top_n)
+    linked = sorted({int(i) for i in index.ravel() if i >= 0})
+    if not linked:
+        return [], np.zeros(index.shape[:2])
+    sims = CachedScores(method, state, [train[i] for i in linked]).sims
+    row = np.full(len(train), 0, np.int64)
+    row[linked] = np.arange(len(linked))
+    k_count, m_count, _ = index.shape
+    kk, mm = np.meshgrid(np.arange(k_count), np.arange(m_count), indexing="ij")
+    maps = sims[row[np.maximum(index, 0)], kk[..., None], mm[..., None]]  # (K, M, n, H, W)
+    size = method.image_size
+    cells = box_cells(box, sims.shape[-2:], (size, size))
+    share = marker_share(maps, index >= 0, cells, tolerance)
+    ids = [int(k * m_count + m) for k, m in zip(*np.nonzero(share >= min_share), strict=True)]
+    return ids, share
 
 
 def prune(

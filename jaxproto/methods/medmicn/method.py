@@ -52,6 +52,7 @@ def build_model(config: ml_collections.ConfigDict, num_concepts: int, num_classe
         torch_init=bool(m.torch_init),
         cam_tap=m.cam_tap,
         compute_dtype=m.get("compute_dtype", "float32"),
+        conv1x1=m.get("conv1x1", "xla"),
     )
 
 

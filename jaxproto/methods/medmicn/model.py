@@ -99,6 +99,7 @@ class MedMicnModel(nn.Module):
     torch_init: bool = False
     cam_tap: str = ""
     compute_dtype: str = "float32"
+    conv1x1: str = "xla"
     backbone_overrides: tuple[tuple[str, object], ...] = ()
 
     def feature_tap(self) -> str:
@@ -121,6 +122,7 @@ class MedMicnModel(nn.Module):
             with_head=tap == "logits",
             name="backbone",
             dtype=self.compute_dtype,
+            conv1x1=self.conv1x1,
             **dict(self.backbone_overrides),
         )
         taps = net(x, train=train)

@@ -65,6 +65,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     c.model.rand_resize = False  # RandomResizedCrop instead of the centre crop ("+RR")
     c.model.bn_running_var = "unbiased"
     c.model.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
+    c.model.conv1x1 = "xla"  # | matmul: 1x1 convs as matmuls (faster on XLA:CPU)
 
     c.data = default_data_config("synthetic" if arg.synthetic else dataset)
     c.data.image_size = c.model.get_ref("image_size")

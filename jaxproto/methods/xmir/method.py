@@ -72,6 +72,7 @@ class XmirMethod(Method):
             embedding_dim=int(m.embedding_dim),
             bn_running_var=m.get("bn_running_var", "unbiased"),
             compute_dtype=m.get("compute_dtype", "float32"),
+            conv1x1=m.get("conv1x1", "xla"),
         )
         self.lung_mask_dir = str(config.data.get("lung_mask_dir", ""))
         self.margin = float(lc.margin)

@@ -43,6 +43,7 @@ class XmirNet(nn.Module):
     embedding_dim: int = 0
     bn_running_var: str = "unbiased"
     compute_dtype: str = "float32"
+    conv1x1: str = "xla"
 
     def setup(self):
         self.tap = explanation_tap(self.arch)
@@ -52,6 +53,7 @@ class XmirNet(nn.Module):
             with_head=False,
             bn_running_var=self.bn_running_var,
             dtype=self.compute_dtype,
+            conv1x1=self.conv1x1,
         )
         if self.embedding_dim > 0:
             fan_in = backbone_channels(self.arch, self.tap)

@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxproto.data.records import Record
+from jaxproto.methods.csr import atlas as atlas_lib
 from jaxproto.methods.csr import prune
 from tests.methods.csr.hans_model import _build_method, render_uint8
 
@@ -25,6 +27,25 @@ def _records(folder, raw, concepts, labels, prefix):
             )
         )
     return out
+
+
+def _tiny_model_and_patches(tmp_path, n):
+    """The untrained tiny model on ``n`` rendered training images, with their eval inputs x
+    and projected patches P(f(h, w)) (n, 6, 6, D)."""
+    raw, concepts, labels = render_uint8(np.random.default_rng(3), n, marker_on_class=1)
+    train = _records(str(tmp_path), raw, concepts, labels, "tr")
+    method, _ = _build_method(labels, concepts)
+    state = method.init(jax.random.key(1))
+    x = jnp.asarray(np.stack([method.eval_example(r)["image"] for r in train]))
+
+    def patches(mdl, x):
+        f = mdl.features(x)
+        b, h, w, c = f.shape
+        return mdl.projector(f.reshape(b, h * w, c), None, False).reshape(b, h, w, -1)
+
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    p = np.asarray(method.model.apply(variables, x, method=patches))
+    return method, state, train, concepts, labels, x, p
 
 
 def test_prune_masks_and_refits_only_the_head(tmp_path):
@@ -70,19 +91,8 @@ def test_prune_masks_and_refits_only_the_head(tmp_path):
 def test_prototypes_in_box_finds_the_atlas_patches_in_the_box(tmp_path):
     """Prototypes set to the projected patch of a chosen cell of their atlas image (cosine 1
     there): exactly those whose cell the box touches are found; unlinked ones never."""
-    raw, concepts, labels = render_uint8(np.random.default_rng(3), 8, marker_on_class=1)
-    train = _records(str(tmp_path), raw, concepts, labels, "tr")
-    method, _ = _build_method(labels, concepts)
-    state = method.init(jax.random.key(1))
-    x = jnp.asarray(np.stack([method.eval_example(r)["image"] for r in train]))
-
-    def patches(mdl, x):
-        f = mdl.features(x)
-        b, h, w, c = f.shape
-        return mdl.projector(f.reshape(b, h * w, c), None, False).reshape(b, h, w, -1)
-
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    p = np.asarray(method.model.apply(variables, x, method=patches))  # (8, 6, 6, D), 4 px cells
+    method, state, train, concepts, labels, x, p = _tiny_model_and_patches(tmp_path, 8)
+    # p: (8, 6, 6, D) projected patches, 4 px cells
     # (concept, prototype) -> (atlas image, row, col); rows are y, columns x.
     chosen = {(0, 0): (2, 0, 1), (0, 1): (3, 1, 4), (1, 0): (5, 4, 0), (1, 3): (6, 1, 1)}
     protos = np.asarray(state["params"]["prototypes"]).copy()
@@ -118,6 +128,7 @@ def test_studio_prune_cli_writes_the_record_and_the_mask_only_export(tmp_path):
     them (and both metric sets) and keeps the export's own head (the re-fit's head is what the
     library test above checks)."""
     from jaxproto import inference, studio
+    from jaxproto.common.errors import UserError
     from jaxproto.core import workdir
     from jaxproto.data import registry
     from jaxproto.data.records import BadSampleReport
@@ -149,3 +160,142 @@ def test_studio_prune_cli_writes_the_record_and_the_mask_only_export(tmp_path):
         np.asarray(state["params"]["task_head"]["kernel"]),
         np.asarray(original["params"]["task_head"]["kernel"]),
     )
+    # --prune_marker with the default atlas_share rule records the rule, its settings and the
+    # share of every prototype it selected; --prune_margin belongs to the argmax rule.
+    out2 = str(tmp_path / "pruned_marker")
+    argv = ["--export", src, "--prune", "1", "--prune_marker", "0,0,8,8", "--out", out2]
+    assert studio.main([*argv, "--prune_top", "2", "--prune_share", "0.5"]) == 0
+    record = json.load(open(os.path.join(out2, "pruning.json")))
+    sel = record["selection"]
+    assert sel["rule"] == "atlas_share" and sel["box"] == [0.0, 0.0, 8.0, 8.0]
+    assert (sel["top_n"], sel["min_share"], sel["tolerance"]) == (2, 0.5, 0.05)
+    assert all(float(v) >= 0.5 for v in sel["share"].values())
+    assert set(record["removed"]) == {1} | {int(i) for i in sel["share"]}
+    with pytest.raises(UserError, match="--prune_margin is for --prune_rule argmax"):
+        studio.main([*argv[:-1], str(tmp_path / "p3"), "--prune_margin", "0.1"])
+
+
+def test_top_atlas_is_the_sorted_top_n_over_images_with_the_concept():
+    """Streamed in uneven batches, equal to sorting every prototype's cosines over the images
+    that show its concept (numpy loop; ties to the earlier record); slot 0 = Eq. 11's image."""
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(23, 3, 5))
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)  # unit v', as the projector gives
+    v[7] = v[2]  # an exact tie: record 2 must come first
+    present = rng.random((23, 3)) < 0.5
+    present[:, 2] = False
+    present[[2, 7, 9], 2] = True  # concept 2: only 3 images for n = 4
+    protos = rng.normal(size=(3, 2, 5))
+    top = atlas_lib.TopAtlas(protos, 4)
+    builder = atlas_lib.AtlasBuilder(protos)
+    for lo, hi in ((0, 5), (5, 6), (6, 23)):
+        top.add(v[lo:hi], present[lo:hi], np.arange(lo, hi))
+        builder.add(v[lo:hi], present[lo:hi], np.arange(lo, hi))
+    for k in range(3):
+        for m in range(2):
+            p = protos[k, m] / np.linalg.norm(protos[k, m])
+            cos = [
+                (-(v[i, k] @ p) / np.linalg.norm(v[i, k]), i) for i in range(23) if present[i, k]
+            ]
+            want = [i for _, i in sorted(cos)][:4]
+            want += [-1] * (4 - len(want))
+            assert top.index[k, m].tolist() == want, (k, m)
+    np.testing.assert_array_equal(top.index[..., 0], builder.result()["atlas_index"])
+
+
+def test_box_cells_takes_cells_the_box_covers_at_least_half():
+    """Against counting the box's pixels in each 4x4-px cell of a 24-px input (6x6 grid)."""
+
+    def reference(x, y, w, h):
+        pix = np.zeros((24, 24))
+        pix[y : y + h, x : x + w] = 1
+        cover = pix.reshape(6, 4, 6, 4).mean(axis=(1, 3))
+        return cover >= 0.5 if (cover >= 0.5).any() else cover == cover.max()
+
+    for box in (
+        (0, 0, 5, 5),
+        (0, 0, 6, 6),
+        (1, 1, 2, 2),
+        (3, 3, 2, 2),
+        (10, 2, 9, 3),
+        (4, 8, 4, 4),
+    ):
+        got = prune.box_cells(tuple(float(b) for b in box), (6, 6), (24, 24))
+        np.testing.assert_array_equal(got, reference(*box), err_msg=str(box))
+    # x runs along columns: a wide flat box takes cells of one row.
+    assert prune.box_cells((0.0, 0.0, 24.0, 4.0), (6, 6), (24, 24)).sum(axis=1).tolist() == [
+        6,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
+    with pytest.raises(prune.interact.InteractionError, match="outside"):
+        prune.box_cells((30.0, 0.0, 4.0, 4.0), (6, 6), (24, 24))
+
+
+def test_marker_share_counts_atlas_maps_that_come_near_their_peak_in_the_box():
+    """numpy loop reference: per map, (max over the cells - min) / (max - min) >= 1 - tol."""
+    rng = np.random.default_rng(1)
+    maps = rng.uniform(-1, 1, size=(2, 3, 5, 4, 4))
+    maps[0, 0, :, 0, 0] = 2.0  # peak in the box on every image: share 1
+    maps[1, 2, 1] = 0.3  # a constant map fires nowhere
+    valid = np.ones((2, 3, 5), bool)
+    valid[0, 1, 3:] = False  # two atlas slots empty
+    valid[1, 0] = False  # no atlas image at all
+    cells = np.zeros((4, 4), bool)
+    cells[0, :2] = True
+    for tol in (0.0, 0.1, 0.3):
+        want = np.zeros((2, 3))
+        for k in range(2):
+            for m in range(3):
+                fired = []
+                for j in range(5):
+                    if not valid[k, m, j]:
+                        continue
+                    a = maps[k, m, j]
+                    fired.append(
+                        a.max() > a.min() and (a[cells].max() - a.min()) >= (1 - tol) * np.ptp(a)
+                    )
+                want[k, m] = np.mean(fired) if fired else 0.0
+        got = prune.marker_share(maps, valid, cells, tol)
+        np.testing.assert_allclose(got, want, err_msg=f"tolerance {tol}")
+    assert got[0, 0] == 1.0 and got[1, 0] == 0.0
+
+
+def test_prototypes_on_marker_matches_a_numpy_reference(tmp_path):
+    """The tiny model with two prototypes set to the marker patch of two marked training images:
+    ids and shares equal a numpy reference built from the model's own v' and maps over the whole
+    training split (top-n by cosine, cells per ``box_cells``, ``marker_share``'s rule), and the
+    marker prototypes are among those found."""
+    method, state, train, concepts, labels, x, p = _tiny_model_and_patches(tmp_path, 12)
+    marked = [i for i in range(12) if labels[i] == 1 and concepts[i, 0] > 0.5]
+    protos = np.asarray(state["params"]["prototypes"]).copy()
+    protos[0, 2] = p[marked[0], 0, 0]
+    protos[0, 3] = p[marked[1], 0, 0]
+    state = {**state, "params": {**state["params"], "prototypes": jnp.asarray(protos)}}
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    out = method.model.apply(variables, x)
+    v, sims = np.asarray(out["v_proj"], np.float64), np.asarray(out["sims"], np.float64)
+
+    box, n, tol = (0.0, 0.0, 5.0, 5.0), 3, 0.05
+    cells = np.zeros((6, 6), bool)
+    cells[0, 0] = True  # 0..5 px covers cell (0, 0) fully, its neighbours 1/4: only (0, 0)
+    want = np.zeros(protos.shape[:2])
+    for k in range(protos.shape[0]):
+        for m in range(protos.shape[1]):
+            pk = protos[k, m] / np.linalg.norm(protos[k, m])
+            idx = [i for i in range(12) if concepts[i, k] > 0.5]
+            cos = [v[i, k] @ pk / np.linalg.norm(v[i, k]) for i in idx]
+            top = [idx[j] for j in np.argsort(cos, kind="stable")[::-1][:n]]
+            fired = []
+            for i in top:
+                a = sims[i, k, m]
+                fired.append((a[cells].max() - a.min()) >= (1 - tol) * np.ptp(a))
+            want[k, m] = np.mean(fired) if fired else 0.0
+    ids, share = prune.prototypes_on_marker(method, state, train, box, n, tol, 0.5)
+    np.testing.assert_allclose(share, want, atol=1e-6)
+    m_count = protos.shape[1]
+    assert ids == [k * m_count + m for k, m in zip(*np.nonzero(want >= 0.5), strict=True)]
+    assert {2, 3} <= set(ids) and len(ids) < protos.size
