@@ -306,6 +306,7 @@ def _cipl_runs(args, rng) -> dict:
         "chestxray14", f"image_size={args.image_size},backbone={args.backbone}"
     )
     config.model.conv1x1 = args.conv1x1
+    config.model.stem_conv = args.stem_conv
     names = [f"class{k}" for k in range(15)]
     method = CiplMethod(config, DatasetIndex("bench", names, {}, background_class=14))
     optimizers = method.optimizers(steps_per_epoch=1000)
@@ -353,6 +354,7 @@ def _baseline_runs(args, rng) -> dict:
         "odir", f"image_size={args.image_size},backbone={args.baseline_backbone}"
     )
     config.model.conv1x1 = args.conv1x1
+    config.model.stem_conv = args.stem_conv
     names = [f"class{k}" for k in range(8)]
     method = BaselineMethod(config, DatasetIndex("bench", names, {}))
     optimizers = method.optimizers(steps_per_epoch=1000)
@@ -398,7 +400,9 @@ _CONVS = (
 def _conv_runs(args, rng) -> dict:
     """One convolution's forward + input and kernel gradients: as ``layers.Conv1x1`` (a matmul)
     for 1x1 (``model.conv1x1=matmul``) and ``layers.conv_no_bias`` for 3x3, as a
-    plain XLA convolution (``xla_`` steps: ``model.conv1x1=xla``, the default), and in torch."""
+    plain XLA convolution (``xla_`` steps: ``model.conv1x1=xla``, the default), and in torch;
+    and the stem's forward + kernel gradient as ``layers.Im2colGradConv``
+    (``model.stem_conv=im2col_grad``) and as ``nn.Conv`` (``xla_stem7x7_grad``)."""
     runs = {}
     for name, hw, cin, cout, k in _CONVS:
         hw = max(1, hw * args.image_size // 224)
@@ -415,17 +419,38 @@ def _conv_runs(args, rng) -> dict:
             F.conv2d(xt, wt, padding=k // 2).square().sum().backward()
 
         for prefix, module in (("", conv), ("xla_", plain)):
-            params = module.init(jax.random.key(0), x)
-            grad = jax.jit(
-                jax.grad(lambda p, x, m=module: jnp.sum(jnp.square(m.apply(p, x))), argnums=(0, 1))
-            )
             runs[f"{prefix}{name}_grad"] = (
-                lambda g=grad, p=params, x=x: jax.block_until_ready(g(p, x)),
+                _layer_grad(module, x, argnums=(0, 1)),
                 torch_run,
                 args.batch,
                 "densenet121_layer",
             )
+    # The 7x7/2 stem on the image: forward + kernel gradient (an image needs no gradient).
+    x = rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    wt = torch.randn(64, 3, 7, 7, requires_grad=True)
+
+    def torch_stem(xt=xt, wt=wt):
+        F.conv2d(xt, wt, stride=2, padding=3).square().sum().backward()
+
+    init = layers.kaiming_normal_fan_in
+    for prefix, mode in (("", "im2col_grad"), ("xla_", "xla")):
+        module = layers.conv_no_bias(64, 7, 2, init, jnp.float32, "conv0", stem_conv=mode)
+        runs[f"{prefix}stem7x7_grad"] = (
+            _layer_grad(module, x, argnums=0),
+            torch_stem,
+            args.batch,
+            "densenet121_layer",
+        )
     return runs
+
+
+def _layer_grad(module: fnn.Module, x: np.ndarray, argnums):
+    """A callable running the jitted gradient of sum(module(x)^2) w.r.t. ``argnums``
+    (0: parameters, 1: input)."""
+    params = module.init(jax.random.key(0), x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x))), argnums))
+    return lambda: jax.block_until_ready(grad(params, x))
 
 
 STEPS = (
@@ -435,7 +460,9 @@ STEPS = (
     "baseline_train",
     "baseline_forward",
 )
-CONV_STEPS = tuple(f"{p}{c[0]}_grad" for c in _CONVS for p in ("", "xla_"))
+CONV_STEPS = tuple(
+    f"{p}{c}_grad" for c in [c[0] for c in _CONVS] + ["stem7x7"] for p in ("", "xla_")
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -453,6 +480,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=layers.CONV1X1_MODES,
         default="matmul",
         help="model.conv1x1 of the whole-step models (the config default is xla)",
+    )
+    parser.add_argument(
+        "--stem-conv",
+        choices=layers.STEM_CONV_MODES,
+        default="im2col_grad",
+        help="model.stem_conv of the whole-step models (the config default is xla)",
     )
     parser.add_argument(
         "--steps",
@@ -497,6 +530,7 @@ def main(argv: list[str] | None = None) -> None:
             threads=args.threads,
             repeats=args.repeats,
             conv1x1=args.conv1x1 if name in STEPS else None,
+            stem_conv=args.stem_conv if name in STEPS else None,
             jaxproto_images_per_sec=jax_ips,
             torch_images_per_sec=torch_ips,
             ratio=jax_ips / torch_ips,

@@ -66,7 +66,7 @@ def load_for_inference(
     else:
         if not os.path.isdir(workdir):
             raise IncompleteWorkdir(f"workdir {workdir!r} does not exist")
-        config = config_lib.load_saved_config(workdir)
+        config = workdir_lib.latest_config(workdir)
         meta = workdir_lib.read_dataset_meta(workdir)
         state, step = ckpt_lib.restore_for_inference(workdir, which)
         log.info("restored %s checkpoint at step %d from %s", which, step, workdir)

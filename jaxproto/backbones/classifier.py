@@ -20,6 +20,7 @@ class Classifier(nn.Module):
     num_classes: int
     compute_dtype: str = "float32"  # the backbone's (model.compute_dtype)
     conv1x1: str = "xla"  # model.conv1x1
+    stem_conv: str = "xla"  # model.stem_conv
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -29,6 +30,7 @@ class Classifier(nn.Module):
             with_head=False,
             dtype=self.compute_dtype,
             conv1x1=self.conv1x1,
+            stem_conv=self.stem_conv,
             name="backbone",
         )
         feats = net(x, train=train)[self.tap]

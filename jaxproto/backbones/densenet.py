@@ -117,7 +117,15 @@ class DenseNetFeatures(layers.Configured):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         kw = self.shared()
-        x = _conv(self, self.num_init_features, 7, "conv0", stride=2)(x)
+        x = layers.conv_no_bias(
+            self.num_init_features,
+            7,
+            2,
+            layers.kaiming_normal_fan_in,
+            self.dtype,
+            "conv0",
+            stem_conv=self.stem_conv,
+        )(x)
         x = layers.max_pool_3x3_s2(nn.relu(self.norm("norm0")(x, train)))
         ch = self.num_init_features
         for i, n in enumerate(self.block_config):

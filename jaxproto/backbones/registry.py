@@ -63,6 +63,7 @@ def build_backbone(
     dtype: Any = jnp.float32,
     name: str | None = None,
     conv1x1: str = "xla",
+    stem_conv: str = "xla",
     **overrides: Any,
 ) -> nn.Module:
     """The Linen module for backbone ``arch`` returning a dict of ``taps``.
@@ -73,7 +74,8 @@ def build_backbone(
     VGG's head). ``bn_running_var`` in {"unbiased" (PyTorch), "biased" (Flax)}. ``dtype`` is the
     compute dtype (a jnp dtype or a ``model.compute_dtype`` name: "float32", "bfloat16");
     parameters and the returned taps are float32 either way. ``conv1x1`` is ``model.conv1x1``
-    (``layers.CONV1X1_MODES``: "matmul" or "xla", equal within float32 rounding).
+    (``layers.CONV1X1_MODES``: "matmul" or "xla", equal within float32 rounding) and
+    ``stem_conv`` is ``model.stem_conv`` (``layers.STEM_CONV_MODES``; DenseNet and ResNet stems).
     """
     spec = get_spec(arch)
     dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
@@ -92,6 +94,7 @@ def build_backbone(
         bn_running_var=bn_running_var,
         dtype=dtype,
         conv1x1=conv1x1,
+        stem_conv=stem_conv,
         name=name,
         **kwargs,
     )

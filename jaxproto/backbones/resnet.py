@@ -92,7 +92,15 @@ class ResNet(layers.Backbone):
         if self.block not in _EXPANSION:
             raise ValueError(f"ResNet block must be one of {list(_EXPANSION)}, got {self.block!r}")
         values = {}
-        x = _conv(self, self.widths[0], 7, 2, "conv1")(x.astype(self.dtype))
+        x = layers.conv_no_bias(
+            self.widths[0],
+            7,
+            2,
+            layers.kaiming_normal_fan_out,
+            self.dtype,
+            "conv1",
+            stem_conv=self.stem_conv,
+        )(x.astype(self.dtype))
         x = layers.max_pool_3x3_s2(nn.relu(self.norm("bn1")(x, train)))
         values["stem"] = x
         in_ch = self.widths[0]

@@ -105,6 +105,18 @@ def _saved_config(path: str) -> dict:
     return config_lib.with_added_keys(_read_json(path))
 
 
+def latest_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config the run in ``workdir`` was last trained with: the newest ``config.<n>.json``
+    of a run resumed with changes, else ``config.json`` (with ``ADDED_KEYS`` filled in)."""
+    history = _config_history(workdir)
+    if not history:
+        raise ConfigError(f"no config.json in {workdir!r}: is this a jaxproto workdir?")
+    saved = _saved_config(history[-1])
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{history[-1]}: expected a JSON object (a saved config)")
+    return ml_collections.ConfigDict(saved)
+
+
 def adopt_added_keys(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
     """Sets in ``config`` each ``config_lib.ADDED_KEYS`` key that the run in ``workdir``
     was saved without to the value that reproduces that run, so resuming it continues it

@@ -520,20 +520,63 @@ def test_conv1x1_matmul_equals_a_numpy_1x1_convolution():
     np.testing.assert_allclose(np.asarray(conv.apply(params, x)), ref, rtol=1e-5, atol=1e-5)
 
 
+def _numpy_conv(x, kernel, stride, pad):
+    """Reference cross-correlation (NHWC, HWIO) by loops over the kernel taps."""
+    k = kernel.shape[0]
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho = (x.shape[1] + 2 * pad - k) // stride + 1
+    wo = (x.shape[2] + 2 * pad - k) // stride + 1
+    y = np.zeros((x.shape[0], ho, wo, kernel.shape[-1]))
+    for i in range(k):
+        for j in range(k):
+            win = xp[:, i : i + stride * ho : stride, j : j + stride * wo : stride][:, :ho, :wo]
+            y += np.einsum("nhwc,cd->nhwd", win, kernel[i, j])
+    return y, xp, ho, wo
+
+
+@pytest.mark.parametrize("k,stride,hw", [(7, 2, (13, 10)), (3, 1, (6, 5)), (3, 2, (7, 8))])
+def test_im2col_grad_conv_matches_numpy_forward_and_gradients(k, stride, hw):
+    """layers.im2col_grad_conv against a numpy loop: the forward pass, the kernel gradient
+    (sum of padded input windows times the output gradient) and the input gradient."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *hw, 3)).astype(np.float32)
+    kernel = rng.standard_normal((k, k, 3, 4)).astype(np.float32)
+    pad = k // 2
+    y_ref, xp, ho, wo = _numpy_conv(x.astype(np.float64), kernel.astype(np.float64), stride, pad)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    y, vjp = jax.vjp(lambda a, b: layers.im2col_grad_conv(a, b, stride, pad), x, kernel)
+    dx, dk = vjp(jnp.asarray(dy))
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-4, atol=1e-4)
+    dk_ref = np.zeros(kernel.shape)
+    dxp_ref = np.zeros(xp.shape)
+    for i in range(k):
+        for j in range(k):
+            rows, cols = slice(i, i + stride * ho, stride), slice(j, j + stride * wo, stride)
+            win = xp[:, rows, cols][:, :ho, :wo]
+            dk_ref[i, j] = np.einsum("nhwc,nhwd->cd", win, dy)
+            dxp_ref[:, rows, cols][:, :ho, :wo] += np.einsum("nhwd,cd->nhwc", dy, kernel[i, j])
+    np.testing.assert_allclose(np.asarray(dk), dk_ref, rtol=1e-4, atol=1e-4)
+    dx_ref = dxp_ref[:, pad : pad + hw[0], pad : pad + hw[1]]
+    np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["resnet_tiny", "densenet_tiny"])
-def test_conv1x1_modes_share_parameters_and_agree(name):
-    """model.conv1x1: "matmul" (Conv1x1) and "xla" (nn.Conv: the default, runs saved before it)
-    build the same parameters from the same key and give the same taps and gradients."""
-    x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+@pytest.mark.parametrize("key,fast", [("conv1x1", "matmul"), ("stem_conv", "im2col_grad")])
+def test_conv_modes_share_parameters_and_agree(name, key, fast):
+    """model.conv1x1="matmul" (Conv1x1) and model.stem_conv="im2col_grad" (Im2colGradConv)
+    build the same parameters as "xla" (nn.Conv: the default, runs saved before the keys) from
+    the same key and give the same taps and gradients; im2col_grad's forward is XLA's, bit for
+    bit."""
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     nets = {
-        m: build_backbone(name, taps=("logits",), with_head=True, num_classes=3, conv1x1=m)
-        for m in ("matmul", "xla")
+        m: build_backbone(name, taps=("logits",), with_head=True, num_classes=3, **{key: m})
+        for m in (fast, "xla")
     }
     init = {m: net.init(jax.random.key(0), x, train=True) for m, net in nets.items()}
     flat = {m: dict(jax.tree_util.tree_leaves_with_path(v)) for m, v in init.items()}
-    assert flat["matmul"].keys() == flat["xla"].keys()
+    assert flat[fast].keys() == flat["xla"].keys()
     for path, leaf in flat["xla"].items():
-        np.testing.assert_array_equal(np.asarray(flat["matmul"][path]), np.asarray(leaf))
+        np.testing.assert_array_equal(np.asarray(flat[fast][path]), np.asarray(leaf))
 
     def loss(m, params):
         out, _ = nets[m].apply(
@@ -541,14 +584,21 @@ def test_conv1x1_modes_share_parameters_and_agree(name):
         )
         return jnp.sum(out["logits"] ** 2), out["logits"]
 
-    (_, a), ga = jax.value_and_grad(lambda p: loss("matmul", p), has_aux=True)(
-        init["xla"]["params"]
-    )
-    (_, b), gb = jax.value_and_grad(lambda p: loss("xla", p), has_aux=True)(init["xla"]["params"])
+    params = init["xla"]["params"]
+    (_, a), ga = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(params)
+    (_, b), gb = jax.value_and_grad(lambda p: loss("xla", p), has_aux=True)(params)
+    if key == "stem_conv":
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb), strict=True):
         scale = float(np.abs(np.asarray(v)).max())  # train-mode BN amplifies rounding
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=0, atol=1e-3 * scale + 1e-6)
+
+
+def test_unknown_stem_conv_mode_is_a_config_error():
+    net = build_backbone("densenet_tiny", stem_conv="winograd")
+    with pytest.raises(ConfigError, match="model.stem_conv must be one of"):
+        net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 def test_unknown_conv1x1_mode_is_a_config_error():

@@ -337,20 +337,38 @@ def test_foreign_input_is_flagged_not_diagnosed(run, tmp_path, capsys):
     assert text.index("does not look like the images") < text.index("<h1>Report")
 
 
-def test_a_run_saved_before_an_added_key_resumes_with_its_old_behaviour(run, repo_root, tmp_path):
-    """config_lib.ADDED_KEYS: a workdir whose config.json lacks model.conv1x1 (written before
-    the key existed) is read and resumed with "xla", the behaviour it was trained with."""
+def test_inference_reads_the_config_a_resumed_run_was_last_trained_with(run, tmp_path):
+    """A run resumed with an allowed change (config.1.json beside config.json) is evaluated,
+    explained and exported with the newest config, not the first one."""
     wd = _copy(run, tmp_path)
     saved = json.loads((wd / "config.json").read_text())
-    del saved["model"]["conv1x1"]
+    saved["train"]["eval_batch_size"] = int(saved["train"]["eval_batch_size"]) + 1
+    (wd / "config.1.json").write_text(json.dumps(saved))
+    config, _, _ = inference.load_for_inference(workdir=str(wd), which="latest")
+    assert config.train.eval_batch_size == saved["train"]["eval_batch_size"]
+    assert workdir.latest_config(str(wd)).train.eval_batch_size == saved["train"]["eval_batch_size"]
+    (wd / "config.json").unlink()
+    with pytest.raises(ConfigError, match="no config.json"):
+        workdir.latest_config(str(wd))
+
+
+def test_a_run_saved_before_an_added_key_resumes_with_its_old_behaviour(run, repo_root, tmp_path):
+    """config_lib.ADDED_KEYS: a workdir whose config.json lacks model.conv1x1 and
+    model.stem_conv (written before the keys existed) is read and resumed with "xla", the
+    behaviour it was trained with."""
+    wd = _copy(run, tmp_path)
+    saved = json.loads((wd / "config.json").read_text())
+    del saved["model"]["conv1x1"], saved["model"]["stem_conv"]
     (wd / "config.json").write_text(json.dumps(saved))
-    assert config_lib.load_saved_config(str(wd)).model.conv1x1 == "xla"
-    resumed = _config(repo_root, [("model.conv1x1", "matmul")])
-    assert workdir.adopt_added_keys(str(wd), resumed) == ["model.conv1x1"]
-    assert resumed.model.conv1x1 == "xla"
+    loaded = config_lib.load_saved_config(str(wd))
+    assert (loaded.model.conv1x1, loaded.model.stem_conv) == ("xla", "xla")
+    faster = [("model.conv1x1", "matmul"), ("model.stem_conv", "im2col_grad")]
+    resumed = _config(repo_root, faster)
+    assert workdir.adopt_added_keys(str(wd), resumed) == ["model.conv1x1", "model.stem_conv"]
+    assert (resumed.model.conv1x1, resumed.model.stem_conv) == ("xla", "xla")
     assert workdir.check_config_change(str(wd), resumed) == []
     assert workdir.record_config(str(wd), resumed).endswith("config.json")
     assert not (wd / "config.1.json").exists()
-    fresh = _config(repo_root, [("model.conv1x1", "matmul")])
+    fresh = _config(repo_root, faster)
     assert workdir.adopt_added_keys(str(tmp_path / "new"), fresh) == []
-    assert fresh.model.conv1x1 == "matmul"
+    assert (fresh.model.conv1x1, fresh.model.stem_conv) == ("matmul", "im2col_grad")

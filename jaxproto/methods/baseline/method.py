@@ -33,6 +33,7 @@ class BaselineMethod(Method):
             index.num_classes,
             m.get("compute_dtype", "float32"),
             m.get("conv1x1", "xla"),
+            m.get("stem_conv", "xla"),
         )
 
     def init(self, rng):

@@ -35,6 +35,7 @@ class CfnMethod(Method):
             index.num_classes,
             m.get("compute_dtype", "float32"),
             m.get("conv1x1", "xla"),
+            m.get("stem_conv", "xla"),
         )
 
     def init(self, rng):

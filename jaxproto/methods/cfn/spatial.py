@@ -55,6 +55,7 @@ def tap_fn(model, opaque: dict):
         with_head=False,
         dtype=dtype,
         conv1x1=model.get("conv1x1", "xla"),
+        stem_conv=model.get("stem_conv", "xla"),
     )
     variables = {
         "params": opaque["params"]["backbone"],

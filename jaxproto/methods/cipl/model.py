@@ -155,6 +155,7 @@ def build_model(
         bn_running_var=model_cfg.get("bn_running_var", "unbiased"),
         dtype=model_cfg.get("compute_dtype", "float32"),
         conv1x1=model_cfg.get("conv1x1", "xla"),
+        stem_conv=model_cfg.get("stem_conv", "xla"),
     )
     scale = float(model_cfg.get("similarity_scale", 0.0)) or float(model_cfg.proto_dim)
     return CiplNet(

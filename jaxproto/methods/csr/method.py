@@ -100,6 +100,7 @@ class CsrMethod(Method):
                 taps=(tap,),
                 dtype=m.get("compute_dtype", "float32"),
                 conv1x1=m.get("conv1x1", "xla"),
+                stem_conv=m.get("stem_conv", "xla"),
             )
         self.model = CsrModel(
             backbone=backbone,

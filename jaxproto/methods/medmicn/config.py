@@ -59,6 +59,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     m.image_size = arg.image_size or (128 if synthetic else 224)
     m.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     m.conv1x1 = "xla"  # | matmul: 1x1 convs as matmuls (faster on XLA:CPU)
+    m.stem_conv = "xla"  # | im2col_grad: the 7x7 stem's kernel gradient as a matmul
     m.resize = 0  # shorter side to this, then centre-crop image_size (0: image_size·256/224)
     m.emb_size = 8
     m.pre_proj_dim = 64 if synthetic else pre

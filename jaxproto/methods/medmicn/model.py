@@ -100,6 +100,7 @@ class MedMicnModel(nn.Module):
     cam_tap: str = ""
     compute_dtype: str = "float32"
     conv1x1: str = "xla"
+    stem_conv: str = "xla"
     backbone_overrides: tuple[tuple[str, object], ...] = ()
 
     def feature_tap(self) -> str:
@@ -123,6 +124,7 @@ class MedMicnModel(nn.Module):
             name="backbone",
             dtype=self.compute_dtype,
             conv1x1=self.conv1x1,
+            stem_conv=self.stem_conv,
             **dict(self.backbone_overrides),
         )
         taps = net(x, train=train)

@@ -73,6 +73,7 @@ class XmirMethod(Method):
             bn_running_var=m.get("bn_running_var", "unbiased"),
             compute_dtype=m.get("compute_dtype", "float32"),
             conv1x1=m.get("conv1x1", "xla"),
+            stem_conv=m.get("stem_conv", "xla"),
         )
         self.lung_mask_dir = str(config.data.get("lung_mask_dir", ""))
         self.margin = float(lc.margin)

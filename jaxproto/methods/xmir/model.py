@@ -44,6 +44,7 @@ class XmirNet(nn.Module):
     bn_running_var: str = "unbiased"
     compute_dtype: str = "float32"
     conv1x1: str = "xla"
+    stem_conv: str = "xla"
 
     def setup(self):
         self.tap = explanation_tap(self.arch)
@@ -54,6 +55,7 @@ class XmirNet(nn.Module):
             bn_running_var=self.bn_running_var,
             dtype=self.compute_dtype,
             conv1x1=self.conv1x1,
+            stem_conv=self.stem_conv,
         )
         if self.embedding_dim > 0:
             fan_in = backbone_channels(self.arch, self.tap)
