@@ -152,5 +152,18 @@ def to_host(tree):
     return jax.tree.map(np.asarray, tree)
 
 
+def compile_in_step(fn, *args, name: str, timeout_s: int = 3600):
+    """``fn`` (a jitted function) compiled for ``args``; with several processes, returned only
+    once every process has compiled it (a coordination-service barrier). jaxlib's CPU
+    collectives give up after 30 s when one process reaches a collective while another is
+    still compiling, which happens on a busy CPU host."""
+    compiled = fn.lower(*args).compile()
+    if jax.process_count() > 1:
+        from jax._src import distributed  # the coordination client: no public barrier API
+
+        distributed.global_state.client.wait_at_barrier(f"compiled/{name}", timeout_s * 1000)
+    return compiled
+
+
 def is_main_process() -> bool:
     return jax.process_index() == 0

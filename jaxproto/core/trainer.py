@@ -381,6 +381,7 @@ class Trainer:
         progress = log_lib.Progress(n_steps, step_in_phase, f"{phase.name}", self.global_batch)
         pending = None  # the previous step's metrics, checked one step late to stay async
         step = int(state["step"])
+        compiled = False
         try:
             while step_in_phase < n_steps:
                 if cfg.max_steps and step >= cfg.max_steps:
@@ -389,6 +390,11 @@ class Trainer:
                     )
                     return state, step_in_phase, best, True
                 batch = next(stream)
+                if not compiled:
+                    step_fn = parallel.compile_in_step(
+                        step_fn, state, batch, name=f"phase{phase_index}/step{step}"
+                    )
+                    compiled = True
                 state, metrics = step_fn(state, batch)
                 step, step_in_phase = step + 1, step_in_phase + 1
                 if pending is not None:
