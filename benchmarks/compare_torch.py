@@ -8,7 +8,10 @@ ResNet-50 (backbone -> GAP -> linear, multi-label BCE, AdamW) step and forward. 
 is written here from the spec on the test suite's torchvision-layout DenseNet and ResNet
 (``tests/torch_reference_models``); the jaxproto side is ``core.trainer.make_train_step`` of the
 methods' phases. Both get the same random batch and the same number of threads; repetitions
-alternate between the two frameworks so machine noise hits both. One JSON line per step kind:
+alternate between the two frameworks so machine noise hits both, after untimed warm-up calls
+(``--warmup``) and with ``--pause`` seconds idle before each timed call (both frameworks share one
+OpenMP runtime, whose threads spin after a parallel region). The whole steps use
+``model.conv_backend=onednn`` unless ``--conv-backend xla``. One JSON line per step kind:
 images/s of each (median over repetitions) and their ratio (jaxproto / torch; > 1 means jaxproto
 is faster).
 
@@ -307,6 +310,7 @@ def _cipl_runs(args, rng) -> dict:
     )
     config.model.conv1x1 = args.conv1x1
     config.model.stem_conv = args.stem_conv
+    config.model.conv_backend = args.conv_backend
     names = [f"class{k}" for k in range(15)]
     method = CiplMethod(config, DatasetIndex("bench", names, {}, background_class=14))
     optimizers = method.optimizers(steps_per_epoch=1000)
@@ -355,6 +359,7 @@ def _baseline_runs(args, rng) -> dict:
     )
     config.model.conv1x1 = args.conv1x1
     config.model.stem_conv = args.stem_conv
+    config.model.conv_backend = args.conv_backend
     names = [f"class{k}" for k in range(8)]
     method = BaselineMethod(config, DatasetIndex("bench", names, {}))
     optimizers = method.optimizers(steps_per_epoch=1000)
@@ -402,7 +407,8 @@ def _conv_runs(args, rng) -> dict:
     for 1x1 (``model.conv1x1=matmul``) and ``layers.conv_no_bias`` for 3x3, as a
     plain XLA convolution (``xla_`` steps: ``model.conv1x1=xla``, the default), and in torch;
     and the stem's forward + kernel gradient as ``layers.Im2colGradConv``
-    (``model.stem_conv=im2col_grad``) and as ``nn.Conv`` (``xla_stem7x7_grad``)."""
+    (``model.stem_conv=im2col_grad``) and as ``nn.Conv`` (``xla_stem7x7_grad``); ``onednn_``
+    steps are the same convolutions as ``layers.OnednnConv`` (``model.conv_backend=onednn``)."""
     runs = {}
     for name, hw, cin, cout, k in _CONVS:
         hw = max(1, hw * args.image_size // 224)
@@ -412,13 +418,14 @@ def _conv_runs(args, rng) -> dict:
         else:
             conv = layers.conv_no_bias(cout, k, 1, layers.kaiming_normal_fan_in, jnp.float32, "c")
         plain = fnn.Conv(cout, (k, k), padding=((k // 2,) * 2,) * 2, use_bias=False)
+        onednn = layers.OnednnConv(cout, k, kernel_init=layers.kaiming_normal_fan_in)
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
         wt = torch.randn(cout, cin, k, k, requires_grad=True)
 
         def torch_run(xt=xt, wt=wt, k=k):
             F.conv2d(xt, wt, padding=k // 2).square().sum().backward()
 
-        for prefix, module in (("", conv), ("xla_", plain)):
+        for prefix, module in (("", conv), ("xla_", plain), ("onednn_", onednn)):
             runs[f"{prefix}{name}_grad"] = (
                 _layer_grad(module, x, argnums=(0, 1)),
                 torch_run,
@@ -434,8 +441,11 @@ def _conv_runs(args, rng) -> dict:
         F.conv2d(xt, wt, stride=2, padding=3).square().sum().backward()
 
     init = layers.kaiming_normal_fan_in
-    for prefix, mode in (("", "im2col_grad"), ("xla_", "xla")):
-        module = layers.conv_no_bias(64, 7, 2, init, jnp.float32, "conv0", stem_conv=mode)
+    for prefix, mode, backend in (("", "im2col_grad", "xla"), ("xla_", "xla", "xla"),
+                                  ("onednn_", "xla", "onednn")):  # fmt: skip
+        module = layers.conv_no_bias(
+            64, 7, 2, init, jnp.float32, "conv0", stem_conv=mode, conv_backend=backend
+        )
         runs[f"{prefix}stem7x7_grad"] = (
             _layer_grad(module, x, argnums=0),
             torch_stem,
@@ -461,7 +471,7 @@ STEPS = (
     "baseline_forward",
 )
 CONV_STEPS = tuple(
-    f"{p}{c}_grad" for c in [c[0] for c in _CONVS] + ["stem7x7"] for p in ("", "xla_")
+    f"{p}{c}_grad" for c in [c[0] for c in _CONVS] + ["stem7x7"] for p in ("", "xla_", "onednn_")
 )
 
 
@@ -488,6 +498,23 @@ def main(argv: list[str] | None = None) -> None:
         help="model.stem_conv of the whole-step models (the config default is xla)",
     )
     parser.add_argument(
+        "--conv-backend",
+        choices=layers.CONV_BACKENDS,
+        default="onednn",
+        help="model.conv_backend of the whole-step models (the config default is xla; onednn "
+        "takes precedence over --conv1x1/--stem-conv)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed calls of each side before timing"
+    )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.5,
+        help="seconds idle before each timed call, so spinning OpenMP threads of the other "
+        "framework have gone to sleep",
+    )
+    parser.add_argument(
         "--steps",
         default=",".join(STEPS),
         help=f"comma-separated subset of {', '.join(STEPS + CONV_STEPS)}",
@@ -509,13 +536,18 @@ def main(argv: list[str] | None = None) -> None:
     runs = {name: runs[name] for name in wanted}
 
     compile_s = {name: _seconds(j) for name, (j, *_) in runs.items()}  # first call: compile
-    for _, t, *_ in runs.values():
-        t()  # torch warm-up (allocator, oneDNN primitive caches)
+    for _ in range(args.warmup):  # untimed: allocators, oneDNN primitive caches, page faults
+        for j, t, *_ in runs.values():
+            j()
+            t()
     times: dict[str, dict[str, list[float]]] = {n: {"jax": [], "torch": []} for n in runs}
     for _ in range(args.repeats):
         for name, (j, t, *_) in runs.items():  # interleaved: jax, torch, jax, torch, ...
-            times[name]["jax"].append(_seconds(j))
-            times[name]["torch"].append(_seconds(t))
+            for side, fn in (("jax", j), ("torch", t)):
+                # Idle first: the OpenMP pool (torch's, which oneDNN shares) spin-waits after
+                # a parallel region and would take cores from the next call.
+                time.sleep(args.pause)
+                times[name][side].append(_seconds(fn))
     for name, t in times.items():
         images, model = runs[name][2], runs[name][3]
         jax_ips = images / statistics.median(t["jax"])
@@ -529,8 +561,11 @@ def main(argv: list[str] | None = None) -> None:
             images_per_step=images,
             threads=args.threads,
             repeats=args.repeats,
+            warmup=args.warmup,
+            pause_sec=args.pause,
             conv1x1=args.conv1x1 if name in STEPS else None,
             stem_conv=args.stem_conv if name in STEPS else None,
+            conv_backend=args.conv_backend if name in STEPS else None,
             jaxproto_images_per_sec=jax_ips,
             torch_images_per_sec=torch_ips,
             ratio=jax_ips / torch_ips,

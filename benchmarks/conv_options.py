@@ -1,13 +1,15 @@
 """The same jaxproto step under several convolution settings, interleaved in one process.
 
-Each setting is ``conv1x1:stem_conv`` (``model.conv1x1`` in ``matmul|xla``, ``model.stem_conv`` in
-``im2col_grad|xla``). Repetitions alternate between the settings so machine noise hits all of
-them; one JSON line per setting: median seconds per step and the speed-up against the first
-setting. The steps are ``compare_torch.py``'s jaxproto side (CIPL on DenseNet-121, the baseline
-on ResNet-50, random data).
+Each setting is ``conv1x1:stem_conv[:conv_backend]`` (``model.conv1x1`` in ``matmul|xla``,
+``model.stem_conv`` in ``im2col_grad|xla``, ``model.conv_backend`` in ``xla|onednn``, default
+xla). Repetitions alternate between the settings so machine noise hits all of them; one JSON
+line per setting: median seconds per step and the speed-up against the first setting. The steps
+are ``compare_torch.py``'s jaxproto side (CIPL on DenseNet-121, the baseline on ResNet-50,
+random data).
 
     python benchmarks/conv_options.py --step baseline_train --settings matmul:xla,matmul:im2col_grad
     python benchmarks/conv_options.py --step cipl_warmup --repeats 6
+    python benchmarks/conv_options.py --step cipl_warmup --settings matmul:xla,xla:xla:onednn
 """
 
 from __future__ import annotations
@@ -28,14 +30,20 @@ import numpy as np  # noqa: E402
 from jaxproto.backbones import layers  # noqa: E402
 
 
-def _setting(text: str) -> tuple[str, str]:
-    conv1x1, _, stem = text.partition(":")
-    if conv1x1 not in layers.CONV1X1_MODES or stem not in layers.STEM_CONV_MODES:
+def _setting(text: str) -> tuple[str, str, str]:
+    parts = text.split(":")
+    conv1x1, stem, backend = (parts + ["xla"])[:3] if len(parts) in (2, 3) else ("", "", "")
+    if (
+        conv1x1 not in layers.CONV1X1_MODES
+        or stem not in layers.STEM_CONV_MODES
+        or backend not in layers.CONV_BACKENDS
+    ):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected conv1x1:stem_conv with conv1x1 in {layers.CONV1X1_MODES} "
-            f"and stem_conv in {layers.STEM_CONV_MODES}"
+            f"{text!r}: expected conv1x1:stem_conv[:conv_backend] with conv1x1 in "
+            f"{layers.CONV1X1_MODES}, stem_conv in {layers.STEM_CONV_MODES} and conv_backend in "
+            f"{layers.CONV_BACKENDS}"
         )
-    return conv1x1, stem
+    return conv1x1, stem, backend
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--settings",
         default="matmul:xla,matmul:im2col_grad",
-        help="comma-separated conv1x1:stem_conv pairs; the first is the reference",
+        help="comma-separated conv1x1:stem_conv[:conv_backend] settings; the first is the "
+        "reference",
     )
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
@@ -61,16 +70,17 @@ def main(argv: list[str] | None = None) -> None:
         compare_torch._cipl_runs if args.step.startswith("cipl_") else compare_torch._baseline_runs
     )
     runs, compile_s = {}, {}
-    for conv1x1, stem in settings:
-        ns = argparse.Namespace(**vars(args), conv1x1=conv1x1, stem_conv=stem)
-        runs[(conv1x1, stem)] = build(ns, np.random.default_rng(0))[args.step][0]
-        compile_s[(conv1x1, stem)] = compare_torch._seconds(runs[(conv1x1, stem)])
+    for setting in settings:
+        conv1x1, stem, backend = setting
+        ns = argparse.Namespace(**vars(args), conv1x1=conv1x1, stem_conv=stem, conv_backend=backend)
+        runs[setting] = build(ns, np.random.default_rng(0))[args.step][0]
+        compile_s[setting] = compare_torch._seconds(runs[setting])
     times = {k: [] for k in runs}
     for _ in range(args.repeats):
         for k, run in runs.items():
             times[k].append(compare_torch._seconds(run))
     reference = statistics.median(times[settings[0]])
-    for (conv1x1, stem), t in times.items():
+    for (conv1x1, stem, backend), t in times.items():
         print(
             json.dumps(
                 {
@@ -78,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                     "step": args.step,
                     "conv1x1": conv1x1,
                     "stem_conv": stem,
+                    "conv_backend": backend,
                     "image_size": args.image_size,
                     "batch": args.batch,
                     "threads": args.threads,
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                         a < b for a, b in zip(t, times[settings[0]], strict=True)
                     ),
                     "sec": t,
-                    "compile_sec": compile_s[(conv1x1, stem)],
+                    "compile_sec": compile_s[(conv1x1, stem, backend)],
                     "load_average": os.getloadavg(),
                     "jax_version": jax.__version__,
                 }

@@ -21,6 +21,7 @@ class Classifier(nn.Module):
     compute_dtype: str = "float32"  # the backbone's (model.compute_dtype)
     conv1x1: str = "xla"  # model.conv1x1
     stem_conv: str = "xla"  # model.stem_conv
+    conv_backend: str = "xla"  # model.conv_backend
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -31,6 +32,7 @@ class Classifier(nn.Module):
             dtype=self.compute_dtype,
             conv1x1=self.conv1x1,
             stem_conv=self.stem_conv,
+            conv_backend=self.conv_backend,
             name="backbone",
         )
         feats = net(x, train=train)[self.tap]

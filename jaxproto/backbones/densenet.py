@@ -56,7 +56,14 @@ def tap_info(
 
 def _conv(module: layers.Configured, features: int, k: int, name: str, stride: int = 1):
     return layers.conv_no_bias(
-        features, k, stride, layers.kaiming_normal_fan_in, module.dtype, name, module.conv1x1
+        features,
+        k,
+        stride,
+        layers.kaiming_normal_fan_in,
+        module.dtype,
+        name,
+        module.conv1x1,
+        conv_backend=module.conv_backend,
     )
 
 
@@ -125,6 +132,7 @@ class DenseNetFeatures(layers.Configured):
             self.dtype,
             "conv0",
             stem_conv=self.stem_conv,
+            conv_backend=self.conv_backend,
         )(x)
         x = layers.max_pool_3x3_s2(nn.relu(self.norm("norm0")(x, train)))
         ch = self.num_init_features

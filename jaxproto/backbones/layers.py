@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxproto.backbones import onednn_conv
 from jaxproto.common.errors import ConfigError
 
 Dtype = Any
@@ -40,6 +41,13 @@ CONV1X1_MODES = ("matmul", "xla")
 # gradient as one im2col matmul (about 2x faster than XLA:CPU's for ResNet/DenseNet's 7x7/2 stem);
 # "xla" (``nn.Conv``) is the default, opt-in for the same reason as ``model.conv1x1``.
 STEM_CONV_MODES = ("im2col_grad", "xla")
+
+# model.conv_backend: who computes a backbone's (ungrouped) convolutions. "onednn"
+# (:class:`OnednnConv`, ``onednn_conv``) calls oneDNN's primitives through XLA's FFI for the
+# forward pass and both gradients (the library PyTorch uses on x86 CPUs; 2-7x faster than
+# XLA:CPU's kernel gradients) and takes precedence over ``conv1x1``/``stem_conv``; "xla" (the
+# default) leaves them to XLA. Same parameters and results within float32 rounding.
+CONV_BACKENDS = ("onednn", "xla")
 
 # kaiming_normal_(mode=..., nonlinearity="relu") without truncation (jax_stack.md §3.5).
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -139,11 +147,9 @@ def _im2col_grad_conv_bwd(stride, pad, residuals, dy):
 im2col_grad_conv.defvjp(_im2col_grad_conv_fwd, _im2col_grad_conv_bwd)
 
 
-class Im2colGradConv(nn.Module):
-    """``nn.Conv(features, (k, k), strides, padding=k // 2, use_bias=False)`` with the same
-    parameter and the same forward result, differentiated by :func:`im2col_grad_conv`: XLA:CPU
-    computes the kernel gradient of a convolution on few input channels (the 3-channel stem) as
-    a slow windowed convolution, where the im2col matmul is one GEMM."""
+class SquareConvNoBias(nn.Module):
+    """``nn.Conv(features, (k, k), strides, padding=k // 2, use_bias=False)``'s parameter
+    (``kernel``, HWIO, float32), computed by a subclass's :meth:`convolve`."""
 
     features: int
     kernel_size: int
@@ -156,9 +162,31 @@ class Im2colGradConv(nn.Module):
         k = self.kernel_size
         shape = (k, k, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
-        return im2col_grad_conv(
-            x.astype(self.dtype), kernel.astype(self.dtype), self.stride, k // 2
-        )
+        return self.convolve(x, kernel, k // 2)
+
+    def convolve(self, x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+        raise NotImplementedError
+
+
+class Im2colGradConv(SquareConvNoBias):
+    """The same forward result as ``nn.Conv``, differentiated by :func:`im2col_grad_conv`:
+    XLA:CPU computes the kernel gradient of a convolution on few input channels (the 3-channel
+    stem) as a slow windowed convolution, where the im2col matmul is one GEMM."""
+
+    def convolve(self, x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+        return im2col_grad_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, pad)
+
+
+class OnednnConv(SquareConvNoBias):
+    """Computed (forward and both gradients) by oneDNN (``onednn_conv.conv2d``)."""
+
+    def convolve(self, x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+        if self.dtype != jnp.float32:
+            raise ConfigError(
+                "model.conv_backend=onednn computes in float32: use model.compute_dtype=float32 "
+                "or model.conv_backend=xla"
+            )
+        return onednn_conv.conv2d(x.astype(jnp.float32), kernel, self.stride, pad)
 
 
 def conv_no_bias(
@@ -170,16 +198,23 @@ def conv_no_bias(
     name: str,
     conv1x1: str = "xla",
     stem_conv: str | None = None,
+    conv_backend: str = "xla",
 ) -> nn.Module:
     """PyTorch ``Conv2d(k, stride, padding=k // 2, bias=False)`` with ``kernel_init``; a 1x1
     one is a :class:`Conv1x1` (same parameters) with ``conv1x1="matmul"`` (``CONV1X1_MODES``).
     ``stem_conv`` marks a backbone's stem and says how it is computed (``STEM_CONV_MODES``:
-    "im2col_grad" is an :class:`Im2colGradConv`, same parameter)."""
+    "im2col_grad" is an :class:`Im2colGradConv`, same parameter). ``conv_backend="onednn"``
+    (``CONV_BACKENDS``) makes every one an :class:`OnednnConv` (same parameter)."""
+    if conv_backend not in CONV_BACKENDS:
+        valid = list(CONV_BACKENDS)
+        raise ConfigError(f"model.conv_backend must be one of {valid}, got {conv_backend!r}")
     if conv1x1 not in CONV1X1_MODES:
         raise ConfigError(f"model.conv1x1 must be one of {list(CONV1X1_MODES)}, got {conv1x1!r}")
     if stem_conv is not None and stem_conv not in STEM_CONV_MODES:
         valid = list(STEM_CONV_MODES)
         raise ConfigError(f"model.stem_conv must be one of {valid}, got {stem_conv!r}")
+    if conv_backend == "onednn":
+        return OnednnConv(features, k, stride, kernel_init=kernel_init, dtype=dtype, name=name)
     if stem_conv == "im2col_grad":
         return Im2colGradConv(features, k, stride, kernel_init=kernel_init, dtype=dtype, name=name)
     if k == 1 and conv1x1 == "matmul":
@@ -252,13 +287,15 @@ class BatchNorm(nn.Module):
 class Configured(nn.Module):
     """Keyword-only fields every backbone module shares: the BatchNorm running-variance mode
     (``"unbiased"`` as PyTorch, ``"biased"`` as Flax), the compute dtype of its layers
-    (parameters stay float32), how 1x1 convolutions are computed (``CONV1X1_MODES``) and how the
-    stem convolution is differentiated (``STEM_CONV_MODES``)."""
+    (parameters stay float32), how 1x1 convolutions are computed (``CONV1X1_MODES``), how the
+    stem convolution is differentiated (``STEM_CONV_MODES``) and who computes convolutions
+    (``CONV_BACKENDS``)."""
 
     bn_running_var: str = dataclasses.field(default="unbiased", kw_only=True)
     dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
     conv1x1: str = dataclasses.field(default="xla", kw_only=True)
     stem_conv: str = dataclasses.field(default="xla", kw_only=True)
+    conv_backend: str = dataclasses.field(default="xla", kw_only=True)
 
     def shared(self) -> dict[str, Any]:
         """These fields, for building a submodule with the same settings."""
@@ -267,6 +304,7 @@ class Configured(nn.Module):
             "dtype": self.dtype,
             "conv1x1": self.conv1x1,
             "stem_conv": self.stem_conv,
+            "conv_backend": self.conv_backend,
         }
 
     def norm(self, name: str) -> BatchNorm:

@@ -64,6 +64,7 @@ def build_backbone(
     name: str | None = None,
     conv1x1: str = "xla",
     stem_conv: str = "xla",
+    conv_backend: str = "xla",
     **overrides: Any,
 ) -> nn.Module:
     """The Linen module for backbone ``arch`` returning a dict of ``taps``.
@@ -75,7 +76,8 @@ def build_backbone(
     compute dtype (a jnp dtype or a ``model.compute_dtype`` name: "float32", "bfloat16");
     parameters and the returned taps are float32 either way. ``conv1x1`` is ``model.conv1x1``
     (``layers.CONV1X1_MODES``: "matmul" or "xla", equal within float32 rounding) and
-    ``stem_conv`` is ``model.stem_conv`` (``layers.STEM_CONV_MODES``; DenseNet and ResNet stems).
+    ``stem_conv`` is ``model.stem_conv`` (``layers.STEM_CONV_MODES``; DenseNet and ResNet stems);
+    ``conv_backend`` is ``model.conv_backend`` (``layers.CONV_BACKENDS``; DenseNet and ResNet).
     """
     spec = get_spec(arch)
     dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
@@ -95,6 +97,7 @@ def build_backbone(
         dtype=dtype,
         conv1x1=conv1x1,
         stem_conv=stem_conv,
+        conv_backend=conv_backend,
         name=name,
         **kwargs,
     )

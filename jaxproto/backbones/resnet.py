@@ -43,7 +43,14 @@ def tap_info(
 
 def _conv(module: layers.Configured, features: int, k: int, stride: int, name: str):
     return layers.conv_no_bias(
-        features, k, stride, layers.kaiming_normal_fan_out, module.dtype, name, module.conv1x1
+        features,
+        k,
+        stride,
+        layers.kaiming_normal_fan_out,
+        module.dtype,
+        name,
+        module.conv1x1,
+        conv_backend=module.conv_backend,
     )
 
 
@@ -100,6 +107,7 @@ class ResNet(layers.Backbone):
             self.dtype,
             "conv1",
             stem_conv=self.stem_conv,
+            conv_backend=self.conv_backend,
         )(x.astype(self.dtype))
         x = layers.max_pool_3x3_s2(nn.relu(self.norm("bn1")(x, train)))
         values["stem"] = x

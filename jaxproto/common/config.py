@@ -153,7 +153,11 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 # it (its behaviour before the key existed). Saved configs are read through ``with_added_keys``
 # and a resumed run adopts these values (``core.workdir.adopt_added_keys``), so a new key
 # neither changes an old run's results nor stops it from resuming.
-ADDED_KEYS: dict[str, object] = {"model.conv1x1": "xla", "model.stem_conv": "xla"}
+ADDED_KEYS: dict[str, object] = {
+    "model.conv1x1": "xla",
+    "model.stem_conv": "xla",
+    "model.conv_backend": "xla",
+}
 
 
 def with_added_keys(saved: dict) -> dict:

@@ -353,22 +353,25 @@ def test_inference_reads_the_config_a_resumed_run_was_last_trained_with(run, tmp
 
 
 def test_a_run_saved_before_an_added_key_resumes_with_its_old_behaviour(run, repo_root, tmp_path):
-    """config_lib.ADDED_KEYS: a workdir whose config.json lacks model.conv1x1 and
-    model.stem_conv (written before the keys existed) is read and resumed with "xla", the
-    behaviour it was trained with."""
+    """config_lib.ADDED_KEYS: a workdir whose config.json lacks model.conv1x1,
+    model.stem_conv and model.conv_backend (written before the keys existed) is read and
+    resumed with "xla", the behaviour it was trained with."""
     wd = _copy(run, tmp_path)
     saved = json.loads((wd / "config.json").read_text())
-    del saved["model"]["conv1x1"], saved["model"]["stem_conv"]
+    keys = ("conv1x1", "stem_conv", "conv_backend")
+    for key in keys:
+        del saved["model"][key]
     (wd / "config.json").write_text(json.dumps(saved))
     loaded = config_lib.load_saved_config(str(wd))
-    assert (loaded.model.conv1x1, loaded.model.stem_conv) == ("xla", "xla")
-    faster = [("model.conv1x1", "matmul"), ("model.stem_conv", "im2col_grad")]
+    assert [loaded.model[k] for k in keys] == ["xla"] * 3
+    faster = [("model.conv1x1", "matmul"), ("model.stem_conv", "im2col_grad"),
+              ("model.conv_backend", "onednn")]  # fmt: skip
     resumed = _config(repo_root, faster)
-    assert workdir.adopt_added_keys(str(wd), resumed) == ["model.conv1x1", "model.stem_conv"]
-    assert (resumed.model.conv1x1, resumed.model.stem_conv) == ("xla", "xla")
+    assert workdir.adopt_added_keys(str(wd), resumed) == [f"model.{k}" for k in keys]
+    assert [resumed.model[k] for k in keys] == ["xla"] * 3
     assert workdir.check_config_change(str(wd), resumed) == []
     assert workdir.record_config(str(wd), resumed).endswith("config.json")
     assert not (wd / "config.1.json").exists()
     fresh = _config(repo_root, faster)
     assert workdir.adopt_added_keys(str(tmp_path / "new"), fresh) == []
-    assert (fresh.model.conv1x1, fresh.model.stem_conv) == ("matmul", "im2col_grad")
+    assert [fresh.model[k] for k in keys] == ["matmul", "im2col_grad", "onednn"]

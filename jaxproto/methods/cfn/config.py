@@ -51,6 +51,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     c.model.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     c.model.conv1x1 = "xla"  # | matmul: 1x1 convs as matmuls (faster on XLA:CPU)
     c.model.stem_conv = "xla"  # | im2col_grad: the 7x7 stem's kernel gradient as a matmul
+    c.model.conv_backend = "xla"  # | onednn: convolutions by oneDNN (pip install -e ".[onednn]")
     c.model.clip_norm = True  # cfn.md §2: CLIP mean/std even for ImageNet-pretrained nets
     c.model.init_from = ""  # user-supplied torchvision weights (.pth)
 

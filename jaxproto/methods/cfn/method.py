@@ -36,6 +36,7 @@ class CfnMethod(Method):
             m.get("compute_dtype", "float32"),
             m.get("conv1x1", "xla"),
             m.get("stem_conv", "xla"),
+            m.get("conv_backend", "xla"),
         )
 
     def init(self, rng):

@@ -56,6 +56,7 @@ def tap_fn(model, opaque: dict):
         dtype=dtype,
         conv1x1=model.get("conv1x1", "xla"),
         stem_conv=model.get("stem_conv", "xla"),
+        conv_backend=model.get("conv_backend", "xla"),
     )
     variables = {
         "params": opaque["params"]["backbone"],

@@ -89,6 +89,7 @@ def _base(
     c.model.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     c.model.conv1x1 = "xla"  # | matmul: 1x1 convs as matmuls (faster on XLA:CPU)
     c.model.stem_conv = "xla"  # | im2col_grad: the 7x7 stem's kernel gradient as a matmul
+    c.model.conv_backend = "xla"  # | onednn: convolutions by oneDNN (pip install -e ".[onednn]")
     c.model.student_bn_split = True
     c.model.ema_momentum = 0.999
     c.model.predict_similarity_maps = False

@@ -156,6 +156,7 @@ def build_model(
         dtype=model_cfg.get("compute_dtype", "float32"),
         conv1x1=model_cfg.get("conv1x1", "xla"),
         stem_conv=model_cfg.get("stem_conv", "xla"),
+        conv_backend=model_cfg.get("conv_backend", "xla"),
     )
     scale = float(model_cfg.get("similarity_scale", 0.0)) or float(model_cfg.proto_dim)
     return CiplNet(

@@ -60,6 +60,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     m.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     m.conv1x1 = "xla"  # | matmul: 1x1 convs as matmuls (faster on XLA:CPU)
     m.stem_conv = "xla"  # | im2col_grad: the 7x7 stem's kernel gradient as a matmul
+    m.conv_backend = "xla"  # | onednn: convolutions by oneDNN (pip install -e ".[onednn]")
     m.image_size = arg.image_size or (128 if synthetic else 224)
     m.prototypes_per_concept = 16 if synthetic else 100
     m.proj_dim = 64 if synthetic else 256

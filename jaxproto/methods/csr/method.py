@@ -101,6 +101,7 @@ class CsrMethod(Method):
                 dtype=m.get("compute_dtype", "float32"),
                 conv1x1=m.get("conv1x1", "xla"),
                 stem_conv=m.get("stem_conv", "xla"),
+                conv_backend=m.get("conv_backend", "xla"),
             )
         self.model = CsrModel(
             backbone=backbone,

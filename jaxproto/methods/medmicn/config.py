@@ -60,6 +60,7 @@ def get_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
     m.compute_dtype = "float32"  # | bfloat16: backbone compute, float32 params
     m.conv1x1 = "xla"  # | matmul: 1x1 convs as matmuls (faster on XLA:CPU)
     m.stem_conv = "xla"  # | im2col_grad: the 7x7 stem's kernel gradient as a matmul
+    m.conv_backend = "xla"  # | onednn: convolutions by oneDNN (pip install -e ".[onednn]")
     m.resize = 0  # shorter side to this, then centre-crop image_size (0: image_size·256/224)
     m.emb_size = 8
     m.pre_proj_dim = 64 if synthetic else pre

@@ -54,6 +54,7 @@ def build_model(config: ml_collections.ConfigDict, num_concepts: int, num_classe
         compute_dtype=m.get("compute_dtype", "float32"),
         conv1x1=m.get("conv1x1", "xla"),
         stem_conv=m.get("stem_conv", "xla"),
+        conv_backend=m.get("conv_backend", "xla"),
     )
 
 

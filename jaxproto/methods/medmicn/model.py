@@ -101,6 +101,7 @@ class MedMicnModel(nn.Module):
     compute_dtype: str = "float32"
     conv1x1: str = "xla"
     stem_conv: str = "xla"
+    conv_backend: str = "xla"
     backbone_overrides: tuple[tuple[str, object], ...] = ()
 
     def feature_tap(self) -> str:
@@ -125,6 +126,7 @@ class MedMicnModel(nn.Module):
             dtype=self.compute_dtype,
             conv1x1=self.conv1x1,
             stem_conv=self.stem_conv,
+            conv_backend=self.conv_backend,
             **dict(self.backbone_overrides),
         )
         taps = net(x, train=train)

@@ -74,6 +74,7 @@ class XmirMethod(Method):
             compute_dtype=m.get("compute_dtype", "float32"),
             conv1x1=m.get("conv1x1", "xla"),
             stem_conv=m.get("stem_conv", "xla"),
+            conv_backend=m.get("conv_backend", "xla"),
         )
         self.lung_mask_dir = str(config.data.get("lung_mask_dir", ""))
         self.margin = float(lc.margin)

@@ -45,6 +45,7 @@ class XmirNet(nn.Module):
     compute_dtype: str = "float32"
     conv1x1: str = "xla"
     stem_conv: str = "xla"
+    conv_backend: str = "xla"
 
     def setup(self):
         self.tap = explanation_tap(self.arch)
@@ -56,6 +57,7 @@ class XmirNet(nn.Module):
             dtype=self.compute_dtype,
             conv1x1=self.conv1x1,
             stem_conv=self.stem_conv,
+            conv_backend=self.conv_backend,
         )
         if self.embedding_dim > 0:
             fan_in = backbone_channels(self.arch, self.tap)
