@@ -181,12 +181,7 @@ class OnednnConv(SquareConvNoBias):
     """Computed (forward and both gradients) by oneDNN (``onednn_conv.conv2d``)."""
 
     def convolve(self, x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
-        if self.dtype != jnp.float32:
-            raise ConfigError(
-                "model.conv_backend=onednn computes in float32: use model.compute_dtype=float32 "
-                "or model.conv_backend=xla"
-            )
-        return onednn_conv.conv2d(x.astype(jnp.float32), kernel, self.stride, pad)
+        return onednn_conv.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, pad)
 
 
 def conv_no_bias(

@@ -27,7 +27,9 @@ dnnl::engine& Engine() {
 // Shapes: x (N, H, W, C) NHWC, w (KH, KW, C, O) HWIO, y (N, OH, OW, O).
 struct Geometry {
   int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, ph0, ph1, pw0, pw1;
-  auto key() const { return std::make_tuple(n, h, w, c, kh, kw, o, oh, ow, sh, sw, ph0, ph1, pw0, pw1); }
+  auto key() const {
+    return std::make_tuple(n, h, w, c, kh, kw, o, oh, ow, sh, sw, ph0, ph1, pw0, pw1);
+  }
   bool operator<(const Geometry& g) const { return key() < g.key(); }
   memory::desc src(tag t = tag::nhwc) const { return memory::desc({n, c, h, w}, dt::f32, t); }
   memory::desc wei(tag t = tag::hwio) const { return memory::desc({o, c, kh, kw}, dt::f32, t); }
@@ -73,82 +75,6 @@ auto& Lookup(Map& cache, const Geometry& g, Make make) {
   return it->second;
 }
 
-// The kernel in HWIO, reordered to the primitive's preferred layout when it differs.
-memory KernelIn(const Geometry& g, const memory::desc& want, float* data, dnnl::stream& s) {
-  memory plain(g.wei(), Engine(), data);
-  if (want == plain.get_desc()) return plain;
-  memory blocked(want, Engine());
-  dnnl::reorder(plain, blocked).execute(s, plain, blocked);
-  return blocked;
-}
-
-Geometry Make(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd, ffi::Span<const int64_t> yd, int64_t sh, int64_t sw,
-              int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
-  return Geometry{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2],
-                  sh,    sw,    ph0,   ph1,   pw0,   pw1};
-}
-
-void ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t ph0,
-                   int64_t ph1, int64_t pw0, int64_t pw1) {
-  Geometry g = Make(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, ph0, ph1, pw0, pw1);
-  auto& e = Lookup(fwd_cache, g, [&] {
-    auto pd = FwdPd(g);
-    return FwdEntry{dnnl::convolution_forward(pd), pd.weights_desc()};
-  });
-  std::lock_guard<std::mutex> exclusive(exec_mutex);
-  dnnl::stream s(Engine());
-  memory src(g.src(), Engine(), x.typed_data());
-  memory dst(g.dst(), Engine(), y->typed_data());
-  memory wei = KernelIn(g, e.wei_md, w.typed_data(), s);
-  e.prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
-  s.wait();
-}
-
-void BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                        ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t ph0,
-                        int64_t ph1, int64_t pw0, int64_t pw1) {
-  Geometry g = Make(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, ph0, ph1, pw0, pw1);
-  auto& e = Lookup(bwd_data_cache, g, [&] {
-    auto hint = FwdPd(g);
-    auto pd = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, g.src(), g.wei(tag::any), g.dst(),
-        g.strides(), g.pad_l(), g.pad_r(), hint);
-    return BwdDataEntry{dnnl::convolution_backward_data(pd), pd.weights_desc()};
-  });
-  std::lock_guard<std::mutex> exclusive(exec_mutex);
-  dnnl::stream s(Engine());
-  memory ddst(g.dst(), Engine(), dy.typed_data());
-  memory dsrc(g.src(), Engine(), dx->typed_data());
-  memory wei = KernelIn(g, e.wei_md, w.typed_data(), s);
-  e.prim.execute(s, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});
-  s.wait();
-}
-
-void BackwardKernelImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t ph0,
-                          int64_t ph1, int64_t pw0, int64_t pw1) {
-  Geometry g = Make(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, ph0, ph1, pw0, pw1);
-  auto& e = Lookup(bwd_wei_cache, g, [&] {
-    auto hint = FwdPd(g);
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, g.src(), g.wei(tag::any), g.dst(),
-        g.strides(), g.pad_l(), g.pad_r(), hint);
-    return BwdWeiEntry{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc()};
-  });
-  std::lock_guard<std::mutex> exclusive(exec_mutex);
-  dnnl::stream s(Engine());
-  memory src(g.src(), Engine(), x.typed_data());
-  memory ddst(g.dst(), Engine(), dy.typed_data());
-  memory plain(g.wei(), Engine(), dw->typed_data());
-  bool direct = e.wei_md == plain.get_desc();
-  memory dwei = direct ? plain : memory(e.wei_md, Engine());
-  e.prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwei}});
-  if (!direct) dnnl::reorder(dwei, plain).execute(s, dwei, plain);
-  s.wait();
-}
-
-
 // oneDNN reports failures as exceptions; XLA expects an error status.
 template <typename F>
 ffi::Error Guarded(F f) {
@@ -160,21 +86,89 @@ ffi::Error Guarded(F f) {
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
-                   int64_t sh, int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
-  return Guarded([&] { ForwardImpl(x, w, y, sh, sw, ph0, ph1, pw0, pw1); });
+// The kernel in HWIO, reordered to the primitive's preferred layout when it differs.
+memory KernelIn(const Geometry& g, const memory::desc& want, float* data, dnnl::stream& s) {
+  memory plain(g.wei(), Engine(), data);
+  if (want == plain.get_desc()) return plain;
+  memory blocked(want, Engine());
+  dnnl::reorder(plain, blocked).execute(s, plain, blocked);
+  return blocked;
+}
+
+using Dims = ffi::Span<const int64_t>;
+
+Geometry Make(Dims xd, Dims wd, Dims yd, int64_t sh, int64_t sw, int64_t ph0, int64_t ph1,
+              int64_t pw0, int64_t pw1) {
+  return Geometry{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2],
+                  sh,    sw,    ph0,   ph1,   pw0,   pw1};
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t ph0,
+                   int64_t ph1, int64_t pw0, int64_t pw1) {
+  return Guarded([&] {
+    Geometry g = Make(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, ph0, ph1, pw0, pw1);
+    auto& e = Lookup(fwd_cache, g, [&] {
+      auto pd = FwdPd(g);
+      return FwdEntry{dnnl::convolution_forward(pd), pd.weights_desc()};
+    });
+    std::lock_guard<std::mutex> exclusive(exec_mutex);
+    dnnl::stream s(Engine());
+    memory src(g.src(), Engine(), x.typed_data());
+    memory dst(g.dst(), Engine(), y->typed_data());
+    memory wei = KernelIn(g, e.wei_md, w.typed_data(), s);
+    e.prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
+    s.wait();
+  });
 }
 
 ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                         ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t ph0,
                         int64_t ph1, int64_t pw0, int64_t pw1) {
-  return Guarded([&] { BackwardDataImpl(dy, w, dx, sh, sw, ph0, ph1, pw0, pw1); });
+  return Guarded([&] {
+    Geometry g =
+        Make(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, ph0, ph1, pw0, pw1);
+    auto& e = Lookup(bwd_data_cache, g, [&] {
+      auto pd = dnnl::convolution_backward_data::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, g.src(), g.wei(tag::any), g.dst(),
+          g.strides(), g.pad_l(), g.pad_r(), FwdPd(g));
+      return BwdDataEntry{dnnl::convolution_backward_data(pd), pd.weights_desc()};
+    });
+    std::lock_guard<std::mutex> exclusive(exec_mutex);
+    dnnl::stream s(Engine());
+    memory ddst(g.dst(), Engine(), dy.typed_data());
+    memory dsrc(g.src(), Engine(), dx->typed_data());
+    memory wei = KernelIn(g, e.wei_md, w.typed_data(), s);
+    e.prim.execute(s,
+                   {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});
+    s.wait();
+  });
 }
 
 ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t ph0,
                           int64_t ph1, int64_t pw0, int64_t pw1) {
-  return Guarded([&] { BackwardKernelImpl(x, dy, dw, sh, sw, ph0, ph1, pw0, pw1); });
+  return Guarded([&] {
+    Geometry g =
+        Make(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, ph0, ph1, pw0, pw1);
+    auto& e = Lookup(bwd_wei_cache, g, [&] {
+      auto pd = dnnl::convolution_backward_weights::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, g.src(), g.wei(tag::any), g.dst(),
+          g.strides(), g.pad_l(), g.pad_r(), FwdPd(g));
+      return BwdWeiEntry{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc()};
+    });
+    std::lock_guard<std::mutex> exclusive(exec_mutex);
+    dnnl::stream s(Engine());
+    memory src(g.src(), Engine(), x.typed_data());
+    memory ddst(g.dst(), Engine(), dy.typed_data());
+    memory plain(g.wei(), Engine(), dw->typed_data());
+    bool direct = e.wei_md == plain.get_desc();
+    memory dwei = direct ? plain : memory(e.wei_md, Engine());
+    e.prim.execute(s,
+                   {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwei}});
+    if (!direct) dnnl::reorder(dwei, plain).execute(s, dwei, plain);
+    s.wait();
+  });
 }
 
 }  // namespace
